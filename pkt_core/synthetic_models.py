@@ -1,0 +1,87 @@
+"""Tiny random causal LMs built from configs, and a byte-level tokenizer: no download needed.
+
+Used by the tests, by benchmarks (models of the real pair's shapes with random weights), and by
+anyone who wants to try the pipeline without fetching a real model.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
+import transformers
+
+BYTE_VOCAB = 256
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+TINY_VOCAB_SIZE = 320  # >= 256 bytes + specials, rounded up
+
+
+def byte_level_tokenizer(padding_side: str = "right", permute_seed: int | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (one token per byte, no merges) with pad/bos/eos.
+
+    ``permute_seed`` shuffles which id each byte gets: a tokenizer with the same strings but a
+    different string -> id map, for vocabulary-mismatch tests.
+    """
+    byte_strings = list(pre_tokenizers.ByteLevel.alphabet())
+    byte_strings.sort()
+    if permute_seed is not None:
+        generator = torch.Generator().manual_seed(permute_seed)
+        order = torch.randperm(len(byte_strings), generator=generator).tolist()
+        byte_strings = [byte_strings[i] for i in order]
+    vocab = {token: index for index, token in enumerate(byte_strings)}
+    for special in SPECIAL_TOKENS:
+        vocab[special] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        padding_side=padding_side,
+    )
+    return tokenizer
+
+
+def tiny_config(
+    model_type: str,
+    num_layers: int = 2,
+    width: int = 64,
+    vocab_size: int = TINY_VOCAB_SIZE,
+    heads: int = 4,
+) -> PretrainedConfig:
+    """A small config of one supported family; attention is eager so results are exact on CPU."""
+    common = dict(
+        vocab_size=vocab_size,
+        pad_token_id=BYTE_VOCAB + SPECIAL_TOKENS.index("<pad>"),
+        bos_token_id=BYTE_VOCAB + SPECIAL_TOKENS.index("<bos>"),
+        eos_token_id=BYTE_VOCAB + SPECIAL_TOKENS.index("<eos>"),
+    )
+    if model_type == "gpt2":
+        config = transformers.GPT2Config(n_layer=num_layers, n_embd=width, n_head=heads, n_positions=256, **common)
+    elif model_type == "gpt_neox":
+        config = transformers.GPTNeoXConfig(
+            num_hidden_layers=num_layers, hidden_size=width, num_attention_heads=heads,
+            intermediate_size=4 * width, max_position_embeddings=256, **common,
+        )
+    else:
+        config_class = transformers.CONFIG_MAPPING[model_type]
+        extra = {}
+        if model_type in {"gemma", "gemma2", "gemma3_text"}:
+            extra["head_dim"] = width // heads
+        config = config_class(
+            num_hidden_layers=num_layers, hidden_size=width, intermediate_size=2 * width,
+            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+            max_position_embeddings=256, **extra, **common,
+        )
+    config._attn_implementation = "eager"
+    return config
+
+
+def random_model_from_config(config: PretrainedConfig, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A causal LM with random weights drawn deterministically from ``seed``."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    return model
