@@ -85,3 +85,57 @@ def random_model_from_config(config: PretrainedConfig, seed: int = 0, dtype: tor
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     return model
+
+
+def write_tiny_llama_gguf(path, num_layers: int = 2, width: int = 32, heads: int = 4, seed: int = 0) -> None:
+    """Write a small Llama GGUF file (float32 tensors, byte-level tokenizer) with random weights.
+
+    Lets the GGUF loading and mirror conversion paths run offline on a file of a few hundred KB.
+    """
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    vocab = byte_level_tokenizer().get_vocab()
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    feed_forward = 2 * width
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(width)
+    writer.add_block_count(num_layers)
+    writer.add_feed_forward_length(feed_forward)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * len(tokens))
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_merges([])
+    writer.add_bos_token_id(vocab["<bos>"])
+    writer.add_eos_token_id(vocab["<eos>"])
+    writer.add_pad_token_id(vocab["<pad>"])
+
+    def tensor(name: str, shape: tuple[int, ...]) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    tensor("token_embd.weight", (len(tokens), width))
+    tensor("output_norm.weight", (width,))
+    tensor("output.weight", (len(tokens), width))
+    for block in range(num_layers):
+        for name, shape in (
+            ("attn_q", (width, width)), ("attn_k", (width, width)), ("attn_v", (width, width)),
+            ("attn_output", (width, width)), ("ffn_gate", (feed_forward, width)),
+            ("ffn_up", (feed_forward, width)), ("ffn_down", (width, feed_forward)),
+        ):
+            tensor(f"blk.{block}.{name}.weight", shape)
+        tensor(f"blk.{block}.attn_norm.weight", (width,))
+        tensor(f"blk.{block}.ffn_norm.weight", (width,))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
