@@ -1,0 +1,94 @@
+"""Layer attribution on the source (v1): Layer Gradient x Activation, as in Captum.
+
+Gradient of the task loss (cross-entropy on answer tokens only) with respect to each decoder
+layer's output, times that output, summed over tokens and channels: one score per layer.
+``abs`` sums |grad x act| (how much a layer matters), ``signed`` sums grad x act.
+Parameters get no gradient (only activations do), so memory stays that of a forward pass
+with stored activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pkt_core.capture import position_ids_from_mask
+from pkt_core.loading import LoadedModel
+from pkt_core.transfer.alignment_data import TokenisedSamples
+
+PAPER_VERSION = "v1"
+
+
+@dataclass(frozen=True)
+class LayerAttribution:
+    abs_scores: np.ndarray
+    signed_scores: np.ndarray
+    samples: int
+
+    def scores(self, aggregation: str) -> np.ndarray:
+        if aggregation not in {"abs", "signed"}:
+            raise ValueError("aggregation must be 'abs' or 'signed'")
+        return self.abs_scores if aggregation == "abs" else self.signed_scores
+
+    def table(self) -> list[dict]:
+        return [
+            {"source_layer": layer, "abs": float(a), "signed": float(s)}
+            for layer, (a, s) in enumerate(zip(self.abs_scores, self.signed_scores))
+        ]
+
+
+def answer_loss(logits: torch.Tensor, batch: TokenisedSamples) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens (the logit at t predicts the token at t + 1)."""
+    mask = batch.prediction_mask().to(logits.device)
+    targets = batch.next_tokens().to(logits.device)
+    return torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask])
+
+
+def layer_gradient_x_activation(loaded: LoadedModel, samples: TokenisedSamples, batch_size: int = 8) -> LayerAttribution:
+    model = loaded.model
+    layers = loaded.adapter.decoder_layers()
+    requires = {name: p.requires_grad for name, p in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    abs_scores = np.zeros(len(layers))
+    signed_scores = np.zeros(len(layers))
+    try:
+        for start in range(0, len(samples), batch_size):
+            batch = samples.select(list(range(start, min(start + batch_size, len(samples)))))
+            outputs: dict[int, torch.Tensor] = {}
+            handles = []
+
+            def keep(index):
+                def hook(module, args, kwargs, output):
+                    hidden = output[0] if isinstance(output, tuple) else output
+                    hidden.retain_grad()
+                    outputs[index] = hidden
+                return hook
+
+            embedding_handle = loaded.adapter.input_embeddings().register_forward_hook(
+                lambda module, args, output: output.requires_grad_(True)
+            )
+            handles.append(embedding_handle)
+            for index, layer in enumerate(layers):
+                handles.append(layer.register_forward_hook(keep(index), with_kwargs=True))
+            try:
+                ids = batch.input_ids.to(loaded.input_device)
+                mask = batch.attention_mask.to(loaded.input_device)
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                               use_cache=False).logits
+                loss = answer_loss(logits, batch) * len(batch)  # sum over samples, mean over their tokens
+                loss.backward()
+            finally:
+                for handle in handles:
+                    handle.remove()
+            valid = batch.attention_mask.bool()
+            for index, hidden in outputs.items():
+                product = (hidden.grad * hidden).detach().float()[valid.to(hidden.device)]
+                abs_scores[index] += float(product.abs().sum())
+                signed_scores[index] += float(product.sum())
+    finally:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(requires[name])
+    return LayerAttribution(abs_scores, signed_scores, len(samples))

@@ -1,0 +1,229 @@
+"""Frontier schedule (v2): one stage per target layer, shallow to deep; at each stage only the
+current (frontier) layer is trainable, earlier layers keep what they learned, later ones are
+untouched.
+
+A stage runs ``steps`` optimizer updates, each over all alignment samples (gradient accumulation
+over minibatches). When no loss needs the final logits, the forward pass stops right after the
+frontier layer, so a stage costs a partial forward and a one-layer backward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pkt_core.capture import position_ids_from_mask
+from pkt_core.errors import PktError
+from pkt_core.loading import LoadedModel
+from pkt_core.transfer import losses as loss_functions
+from pkt_core.transfer.alignment_data import TokenisedSamples
+from pkt_core.transfer.config import TransferConfig
+from pkt_core.transfer.lora import LoRALinear, attach_lora, merge_lora
+from pkt_core.transfer.supervision import Supervision
+
+PAPER_VERSION = "v2-reconstructed"
+StepCallback = Callable[[str, int, float], None]
+
+
+class TransferCancelled(PktError):
+    """The user cancelled the run; the partial run stays resumable and is marked cancelled."""
+
+
+class _StopForward(Exception):
+    """Raised from a hook after the frontier layer when nothing downstream is needed."""
+
+
+@dataclass
+class FrontierOutputs:
+    resid_pre: torch.Tensor
+    resid_post: torch.Tensor
+    logits: torch.Tensor | None
+
+
+def forward_to_frontier(loaded: LoadedModel, batch: TokenisedSamples, layer: int, need_logits: bool) -> FrontierOutputs:
+    block = loaded.adapter.decoder_layers()[layer]
+    captured: dict[str, torch.Tensor] = {}
+
+    def pre_hook(module, args, kwargs):
+        captured["pre"] = args[0] if args else kwargs["hidden_states"]
+
+    def post_hook(module, args, kwargs, output):
+        captured["post"] = output[0] if isinstance(output, tuple) else output
+        if not need_logits:
+            raise _StopForward
+
+    handles = [block.register_forward_pre_hook(pre_hook, with_kwargs=True),
+               block.register_forward_hook(post_hook, with_kwargs=True)]
+    ids = batch.input_ids.to(loaded.input_device)
+    mask = batch.attention_mask.to(loaded.input_device)
+    logits = None
+    try:
+        output = loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+        logits = output.logits
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return FrontierOutputs(captured["pre"], captured["post"], logits)
+
+
+def layer_token_mask(batch: TokenisedSamples, drop_first_position: bool) -> torch.Tensor:
+    mask = batch.attention_mask.bool().clone()
+    if drop_first_position:
+        mask &= position_ids_from_mask(batch.attention_mask) > 0
+    return mask
+
+
+def _answer_row_offsets(samples: TokenisedSamples) -> torch.Tensor:
+    counts = samples.prediction_mask().sum(dim=1)
+    return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+
+def stage_losses(
+    loaded: LoadedModel,
+    batch: TokenisedSamples,
+    indices: list[int],
+    layer: int,
+    supervision: Supervision,
+    config: TransferConfig,
+    answer_offsets: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Every configured loss term for one minibatch at the frontier ``layer`` (unweighted)."""
+    outputs = forward_to_frontier(loaded, batch, layer, config.needs_final_logits())
+    device = outputs.resid_post.device
+    index = torch.as_tensor(indices)
+    length = batch.input_ids.shape[1]
+    mask = layer_token_mask(batch, config.drop_first_position).to(device)
+    prediction = batch.prediction_mask().to(device)
+    norm = loaded.adapter.final_norm()
+
+    def supervised(site: str) -> torch.Tensor:
+        return supervision.targets[(layer, site)][index, :length].to(device, outputs.resid_post.dtype)
+
+    def site_states(site: str) -> torch.Tensor:
+        states = outputs.resid_post if site == "block_output" else outputs.resid_post - outputs.resid_pre
+        if site == "block_output" and supervision.final_norm_applied:
+            states = norm(states)
+        return states
+
+    terms: dict[str, torch.Tensor] = {}
+    weights = {name: weight for name, weight in config.losses.items() if weight}
+    if "layer_cosine" in weights:
+        site = config.layer_site
+        terms["layer_cosine"] = loss_functions.layer_cosine_loss(site_states(site)[mask], supervised(site)[mask])
+    if "relation" in weights:
+        contributions = site_states("contribution")
+        target_blocks = [contributions[row][mask[row]] for row in range(len(indices))]
+        source_blocks = [supervised("contribution")[row][mask[row]] for row in range(len(indices))]
+        terms["relation"] = loss_functions.relation_geometry_loss(target_blocks, source_blocks)
+    if "fisher_logit" in weights:
+        head = loaded.adapter.lm_head().weight
+        states = site_states("block_output")[prediction]
+        terms["fisher_logit"] = loss_functions.fisher_logit_loss(states, supervised("block_output")[prediction].to(head.device), head)
+    if "output_cosine" in weights:
+        logits = outputs.logits[prediction.to(outputs.logits.device)].float()
+        answers = batch.next_tokens()[batch.prediction_mask()].to(logits.device)
+        terms["output_cosine"] = loss_functions.output_cosine_loss(logits, answers)
+    if "output_kl" in weights:
+        logits = outputs.logits[prediction.to(outputs.logits.device)].float()
+        rows = torch.cat([torch.arange(answer_offsets[i], answer_offsets[i + 1]) for i in indices])
+        source = supervision.source_log_probs[rows].to(logits.device)
+        terms["output_kl"] = loss_functions.output_kl_loss(logits, source)
+    return terms
+
+
+def block_parameter_prefix(loaded: LoadedModel, layer: int) -> str:
+    return f"{loaded.adapter.paths.decoder_layers.split('|')[0]}.{layer}."
+
+
+def train_stage(
+    loaded: LoadedModel,
+    layer: int,
+    samples: TokenisedSamples,
+    supervision: Supervision,
+    config: TransferConfig,
+    on_step: StepCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Train the frontier ``layer``; returns per-step loss records and the weight delta of the
+    stage (full deltas of changed tensors, or the LoRA factors when ``trainable == 'lora'``)."""
+    model = loaded.model
+    block = loaded.adapter.decoder_layers()[layer]
+    prefix = block_parameter_prefix(loaded, layer)
+    before = {name: tensor.detach().clone() for name, tensor in block.state_dict().items()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    torch.manual_seed(config.seed * 1009 + layer)
+    if config.trainable == "lora":
+        wrappers = attach_lora(block, rank=config.lora_rank, alpha=float(config.lora_rank))
+        trainable = [p for w in wrappers for p in (w.lora_a, w.lora_b)]
+    else:
+        trainable = list(block.parameters())
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    offsets = _answer_row_offsets(samples)
+    order = list(range(len(samples)))
+    records: list[dict] = []
+    model.train(False)  # no dropout: alignment is deterministic
+    try:
+        for step in range(config.steps_per_stage):
+            if should_cancel is not None and should_cancel():
+                raise TransferCancelled(f"cancelled during stage {layer}, step {step}")
+            started = time.monotonic()
+            optimizer.zero_grad(set_to_none=True)
+            totals: dict[str, float] = {}
+            for start in range(0, len(order), config.batch_size):
+                indices = order[start : start + config.batch_size]
+                batch = samples.select(indices)
+                terms = stage_losses(loaded, batch, indices, layer, supervision, config, offsets)
+                share = len(indices) / len(order)
+                loss = sum(config.losses[name] * value for name, value in terms.items()) * share
+                loss.backward()
+                for name, value in terms.items():
+                    totals[name] = totals.get(name, 0.0) + float(value.detach()) * share
+            optimizer.step()
+            total = sum(config.losses[name] * value for name, value in totals.items())
+            records.append({"stage_layer": layer, "step": step, "loss": total,
+                            **{f"loss_{name}": value for name, value in totals.items()},
+                            "seconds": round(time.monotonic() - started, 3)})
+            if on_step is not None:
+                on_step(f"stage {layer}", step, total)
+    finally:
+        lora_factors: dict[str, torch.Tensor] = {}
+        if config.trainable == "lora":
+            for name, module in block.named_modules():
+                if isinstance(module, LoRALinear):
+                    lora_factors[f"{prefix}{name}.weight.lora_b"] = (module.scale * module.lora_b).detach().clone()
+                    lora_factors[f"{prefix}{name}.weight.lora_a"] = module.lora_a.detach().clone()
+            merge_lora(block)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+    if config.trainable == "lora":
+        return records, lora_factors
+    after = block.state_dict()
+    delta = {f"{prefix}{name}": (after[name] - value).detach().clone()
+             for name, value in before.items() if not torch.equal(after[name], value)}
+    return records, delta
+
+
+def apply_weight_delta(model: torch.nn.Module, delta: dict[str, torch.Tensor]) -> None:
+    """Add a saved delta (full tensors, or LoRA factor pairs ``*.lora_b`` / ``*.lora_a``) to ``model``."""
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in delta.items():
+            if key.endswith(".lora_a"):
+                continue
+            if key.endswith(".lora_b"):
+                name = key[: -len(".lora_b")]
+                update = value.to(torch.float32) @ delta[name + ".lora_a"].to(torch.float32)
+            else:
+                name, update = key, value
+            if name not in parameters:
+                raise PktError(f"the weight delta names {name!r}, which this model does not have: wrong target model?")
+            target = parameters[name]
+            target.add_(update.to(target.device, target.dtype))

@@ -1,0 +1,53 @@
+"""A minimal LoRA wrapper for the frontier layer (v1 appendix: r = 16 on up/down/v/o)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+DEFAULT_LORA_TARGETS = ("up_proj", "down_proj", "v_proj", "o_proj")
+
+
+class LoRALinear(nn.Module):
+    """``y = base(x) + scale * B(A(x))`` with A random (Kaiming) and B zero: starts as the base."""
+
+    def __init__(self, base: nn.Linear, rank: int = 16, alpha: float = 16.0) -> None:
+        super().__init__()
+        self.base = base
+        self.rank = rank
+        self.scale = alpha / rank
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype, device=base.weight.device))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.base(inputs) + self.scale * (inputs @ self.lora_a.T) @ self.lora_b.T
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.base.weight + self.scale * self.lora_b @ self.lora_a
+
+
+def attach_lora(block: nn.Module, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS, rank: int = 16, alpha: float = 16.0) -> list[LoRALinear]:
+    """Wrap the named linear layers inside ``block``; returns the wrappers (their A, B train)."""
+    wrappers = []
+    for parent_name, parent in list(block.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if child_name in targets and isinstance(child, nn.Linear):
+                wrapper = LoRALinear(child, rank, alpha)
+                setattr(parent, child_name, wrapper)
+                wrappers.append(wrapper)
+    if not wrappers:
+        raise ValueError(f"no linear layer named {targets} in this block; LoRA needs at least one")
+    return wrappers
+
+
+def merge_lora(block: nn.Module) -> None:
+    """Fold every LoRA wrapper in ``block`` back into a plain linear layer with the merged weight."""
+    for parent in list(block.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, LoRALinear):
+                with torch.no_grad():
+                    child.base.weight.copy_(child.merged_weight())
+                setattr(parent, child_name, child.base)

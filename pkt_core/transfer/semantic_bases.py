@@ -1,0 +1,116 @@
+"""Vocabulary-defined semantic bases (v1 paper, section 1 of docs/method.md).
+
+The basis of token i is ``s_i = pinv(W) e_i``: the least-squares hidden state that would produce
+the one-hot logit vector of token i through the LM head ``W`` (V x D). Columns are normalised to
+unit length. ``S`` is D x m (m = V, or the shared-token subset).
+
+Decomposing a hidden state h onto the bases with cosine coefficients, ``a = S^T h / ||h||``, and
+recomposing, ``S a``, is one fixed linear map, so everything here works through D x D or
+D_tgt x D_src matrices and never forms the m-dimensional intermediate in a loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pkt_core.paths import pkt_home
+
+PAPER_VERSION = "v1"
+COEFFICIENT_METHODS = ("cosine", "least_squares")
+
+
+def semantic_basis(head_weight: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit-norm columns of pinv(W) (D x m), computed in float64 for a stable pseudo-inverse.
+
+    ``head_weight`` is V x D (Hugging Face layout). ``token_ids`` selects the columns (the shared
+    subset, in the order that index-aligns two models); default all tokens.
+    """
+    weight = head_weight.detach().to("cpu", torch.float64)
+    pseudo_inverse = torch.linalg.pinv(weight)  # D x V
+    if token_ids is not None:
+        pseudo_inverse = pseudo_inverse[:, token_ids]
+    norms = pseudo_inverse.norm(dim=0, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)
+    return (pseudo_inverse / norms).to(torch.float32)
+
+
+def basis_cache_path(fingerprint: str, side: str, token_ids: torch.Tensor | None) -> Path:
+    subset = "all" if token_ids is None else hashlib.sha256(token_ids.numpy().tobytes()).hexdigest()[:12]
+    return pkt_home() / "semantic_bases" / f"{fingerprint}-{side}-{subset}.safetensors"
+
+
+def cached_semantic_basis(
+    weight: torch.Tensor, fingerprint: str, side: str = "output", token_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The basis of a model, computed once per (model fingerprint, side, subset) and kept on disk."""
+    path = basis_cache_path(fingerprint, side, token_ids)
+    if path.is_file():
+        return load_file(str(path))["basis"]
+    basis = semantic_basis(weight, token_ids)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    save_file({"basis": basis.contiguous()}, str(temporary))
+    temporary.replace(path)
+    return basis
+
+
+def cross_model_map(target_basis: torch.Tensor, source_basis: torch.Tensor) -> torch.Tensor:
+    """``M = S_tgt S_src^T`` (D_tgt x D_src): decompose in the source, recompose in the target.
+
+    For a source state h, ``M h / ||h||`` equals ``S_tgt a`` with the cosine coefficients
+    ``a = S_src^T h / ||h||``. The columns of both bases must be index-aligned (same token i).
+    """
+    if target_basis.shape[1] != source_basis.shape[1]:
+        raise ValueError(
+            f"bases are not index-aligned: target has {target_basis.shape[1]} columns, source {source_basis.shape[1]}"
+        )
+    return (target_basis.double() @ source_basis.double().T).float()
+
+
+@dataclass(frozen=True)
+class FidelityResult:
+    """Mean and spread of cos(recomposed, original) over the rows of one layer."""
+
+    mean_cosine: float
+    std_cosine: float
+    rows: int
+
+
+def recomposition_operator(basis: torch.Tensor, coefficients: str = "cosine") -> torch.Tensor:
+    """D x D operator P with recomposed = P h (up to the positive scale 1/||h||, which cosines ignore).
+
+    cosine: P = S S^T. least_squares: a = pinv(S) h, so P = S pinv(S), the projector on the span of S.
+    """
+    if coefficients not in COEFFICIENT_METHODS:
+        raise ValueError(f"coefficients must be one of {COEFFICIENT_METHODS}, not {coefficients!r}")
+    basis64 = basis.double()
+    if coefficients == "cosine":
+        return basis64 @ basis64.T
+    return basis64 @ torch.linalg.pinv(basis64)
+
+
+def decomposition_fidelity(states: torch.Tensor, operator: torch.Tensor) -> FidelityResult:
+    """How faithfully a layer's states (rows x D) survive decomposition and recomposition."""
+    states64 = states.double()
+    recomposed = states64 @ operator.T
+    cosines = torch.nn.functional.cosine_similarity(recomposed, states64, dim=1)
+    return FidelityResult(float(cosines.mean()), float(cosines.std(unbiased=False)), int(states.shape[0]))
+
+
+def heads_are_tied(head_weight: torch.Tensor, embedding_weight: torch.Tensor, tolerance: float = 0.05) -> tuple[bool, float]:
+    """Whether output- and input-side matrices are (nearly) the same, and their relative difference.
+
+    On such a model the paper's output-side vs input-side contrast cannot appear: the two bases
+    are the same up to noise (Qwen2.5 ties them; its GGUF mirrors differ only by quantisation).
+    """
+    if head_weight.shape != embedding_weight.shape:
+        return False, float("inf")
+    if head_weight.data_ptr() == embedding_weight.data_ptr():
+        return True, 0.0
+    head, embedding = head_weight.detach().double(), embedding_weight.detach().double()
+    relative = float((head - embedding).norm() / head.norm().clamp(min=1e-30))
+    return relative < tolerance, relative

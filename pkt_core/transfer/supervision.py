@@ -1,0 +1,149 @@
+"""Source supervision in target space, computed once before any training.
+
+For every target layer k the mapping names source layer(s) and weights. The source states at
+those layers (block output, or the block's residual contribution) are combined with the
+weights, optionally passed through the source's final norm, and mapped with
+``M = S_tgt S_src^T``. Rows are then rescaled to the norm of the untouched target's own
+state at the same place: the bases are overcomplete, so the recomposition is faithful in
+direction only, and the logit-space loss needs a sensible scale (cosine losses ignore it).
+
+Everything is kept padded as (samples x tokens x D_tgt), so a minibatch is an index away.
+No gradient ever flows into the source: supervision tensors are plain constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from pkt_core.capture import position_ids_from_mask, record_residuals
+from pkt_core.loading import LoadedModel
+from pkt_core.transfer.alignment_data import TokenisedSamples
+from pkt_core.transfer.layer_mapping import LayerMapping
+
+SITE_TO_CAPTURE = {"block_output": "resid_post", "contribution": "contribution"}
+
+
+@dataclass
+class LayerStates:
+    """Padded per-layer states of one model over all samples, per site."""
+
+    states: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # (layer, site) -> n x T x D
+    log_probs_at_answers: torch.Tensor | None = None  # rows x V, rows = prediction positions in order
+
+
+def collect_layer_states(
+    loaded: LoadedModel,
+    samples: TokenisedSamples,
+    layers: list[int],
+    sites: set[str],
+    batch_size: int,
+    with_answer_log_probs: bool = False,
+) -> LayerStates:
+    """No-grad pass over all samples keeping the requested layers and sites (padded, on CPU)."""
+    result = LayerStates()
+    buffers: dict[tuple[int, str], list[torch.Tensor]] = {(l, s): [] for l in layers for s in sites}
+    answer_rows: list[torch.Tensor] = []
+    length = samples.input_ids.shape[1]
+    for start in range(0, len(samples), batch_size):
+        indices = list(range(start, min(start + batch_size, len(samples))))
+        index = torch.as_tensor(indices)
+        ids = samples.input_ids[index].to(loaded.input_device)
+        mask = samples.attention_mask[index].to(loaded.input_device)
+        with torch.no_grad(), record_residuals(loaded.model, layers) as recorder:
+            output = loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                                  use_cache=False)
+            for layer in layers:
+                pre = recorder.resid_pre[layer].to("cpu", torch.float32)
+                post = recorder.resid_post[layer].to("cpu", torch.float32)
+                for site in sites:
+                    buffers[(layer, site)].append(post if site == "block_output" else post - pre)
+        if with_answer_log_probs:
+            prediction = samples.prediction_mask()[index]
+            log_probs = output.logits.float().log_softmax(dim=-1).cpu()
+            answer_rows.append(log_probs[prediction])
+    for key, pieces in buffers.items():
+        result.states[key] = torch.cat([_pad_to(piece, length) for piece in pieces])
+    if with_answer_log_probs:
+        result.log_probs_at_answers = torch.cat(answer_rows)
+    return result
+
+
+def _pad_to(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    if tensor.shape[1] == length:
+        return tensor
+    padding = torch.zeros(tensor.shape[0], length - tensor.shape[1], tensor.shape[2], dtype=tensor.dtype)
+    return torch.cat([tensor, padding], dim=1)
+
+
+def _final_norm_cpu(loaded: LoadedModel):
+    norm = loaded.adapter.final_norm()
+    device = next(norm.parameters()).device if any(True for _ in norm.parameters()) else torch.device("cpu")
+
+    def apply(states: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return norm(states.to(device, next(norm.parameters()).dtype)).to("cpu", torch.float32)
+
+    return apply
+
+
+@dataclass
+class Supervision:
+    """Mapped, scale-matched source states per (target layer, site), plus source answer log-probs."""
+
+    targets: dict[tuple[int, str], torch.Tensor]
+    source_log_probs: torch.Tensor | None
+    final_norm_applied: bool
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flat dict for saving (resume reuses it instead of running the source again)."""
+        flat = {f"target.{layer}.{site}": value for (layer, site), value in self.targets.items()}
+        if self.source_log_probs is not None:
+            flat["source_log_probs"] = self.source_log_probs
+        return flat
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], final_norm_applied: bool) -> "Supervision":
+        targets = {}
+        for key, value in tensors.items():
+            if key.startswith("target."):
+                _, layer, site = key.split(".", 2)
+                targets[(int(layer), site)] = value
+        return cls(targets, tensors.get("source_log_probs"), final_norm_applied)
+
+
+def build_supervision(
+    source: LoadedModel,
+    target_before: LayerStates,
+    samples: TokenisedSamples,
+    mapping: LayerMapping,
+    cross_map: torch.Tensor,
+    sites: set[str],
+    target_layers: list[int],
+    apply_final_norm: bool,
+    target_norm,
+    batch_size: int,
+    with_answer_log_probs: bool,
+) -> Supervision:
+    needed = sorted({layer for k in target_layers for layer in mapping.sources_of(k)[0]})
+    source_states = collect_layer_states(source, samples, needed, sites, batch_size, with_answer_log_probs)
+    source_norm = _final_norm_cpu(source) if apply_final_norm else None
+    valid = samples.attention_mask.bool()
+    targets: dict[tuple[int, str], torch.Tensor] = {}
+    for k in target_layers:
+        layers, weights = mapping.sources_of(k)
+        for site in sites:
+            combined = sum(w * source_states.states[(l, site)] for l, w in zip(layers, weights))
+            normalised_site = apply_final_norm and site == "block_output"
+            if normalised_site:
+                combined = source_norm(combined)
+            mapped = combined @ cross_map.T  # n x T x D_tgt
+            own = target_before.states[(k, site)]
+            if normalised_site:
+                own = target_norm(own)
+            scale = own.norm(dim=-1, keepdim=True) / mapped.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            mapped = mapped * scale
+            mapped[~valid] = 0.0
+            targets[(k, site)] = mapped
+    return Supervision(targets, source_states.log_probs_at_answers, apply_final_norm)
