@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pkt_core.run_catalogue import list_runs
+from pkt_core.run_reader import RunReadError, apply_run_to_model, open_run
+from pkt_core.transfer.config import TransferConfig
+from pkt_core.transfer.frontier import TransferCancelled
+from pkt_core.transfer.pipeline import run_transfer
+
+from conftest import addition_samples, make_pair
+
+
+def _config(**changes):
+    base = dict(source="tiny-source", target="tiny-target", variant="v1", data_file="synthetic.jsonl",
+                align_samples=12, probe_samples=8, steps_per_stage=2, batch_size=4, learning_rate=1e-3)
+    base.update(changes)
+    return TransferConfig(**base)
+
+
+def _samples():
+    return addition_samples(12, seed=5), addition_samples(8, seed=6), "synthetic addition"
+
+
+@pytest.mark.parametrize("variant", ["v1", "v2-relation", "acl-fisher"])
+def test_complete_run_holds_every_artefact(tmp_path, variant):
+    source, target = make_pair()
+    untouched = {k: v.clone() for k, v in target.model.state_dict().items()}
+    folder = run_transfer(_config(variant=variant), out_dir=tmp_path / "run", source=source, target=target,
+                          samples=_samples())
+    run = open_run(folder)
+    manifest = run.manifest
+    assert manifest["status"] == "complete" and manifest["variant"] == variant
+    assert manifest["paper_version"].startswith("v1" if variant == "v1" else "v2")
+    assert manifest["data"]["alignment_ids"] == [s.sample_id for s in _samples()[0]]
+    assert set(manifest["stages"]) >= {"bases", "attribution", "supervision", "stage-000", "stage-002", "probe_after"}
+    assert all("wall_seconds" in record and "peak_rss_mib" in record for record in manifest["stages"].values())
+    assert manifest["source"]["fingerprint"] and manifest["environment"]["torch"]
+    assert manifest["trainable_parameters"] > 0
+    attribution = run.table("attribution.parquet")
+    assert len(attribution) == 4 and all(row["abs"] >= abs(row["signed"]) - 1e-9 for row in attribution)
+    mappings = run.mappings
+    assert mappings["chosen"] == manifest["config"]["mapping"]
+    assert set(mappings["mappings"]) == {"depth", "depth+critical", "interpolated", "attribution-monotone", "cka-monotone"}
+    fidelity = run.table("fidelity.parquet")
+    assert {(r["model"], r["bases"]) for r in fidelity} == {(m, b) for m in ("source", "target") for b in ("output", "input")}
+    assert run.matrix("cka_target_source_before.json").shape == (3, 4)
+    before_after = run.matrix("cka_target_before_after.json")
+    assert before_after.shape == (3, 3) and np.all(np.diag(before_after) > 0.5)
+    losses = run.table("stage_losses.parquet")
+    assert len(losses) == 3 * 2
+    probes = run.tensors("probe_activations.safetensors")
+    assert probes["target_after.layer.2"].shape == (8, 32) and probes["source.layer.3"].shape == (8, 64)
+    # The saved delta turns the untouched target into the trained one.
+    fresh = type(target.model)(target.model.config)
+    fresh.load_state_dict(untouched)
+    apply_run_to_model(fresh, run)
+    for name, value in target.model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], value, atol=1e-6, rtol=1e-6)
+    assert not (tmp_path / "run.partial").exists()
+
+
+def test_cancelled_run_is_never_complete_and_resumes_to_the_same_result(tmp_path):
+    reference_source, reference_target = make_pair()
+    reference = run_transfer(_config(), out_dir=tmp_path / "reference", source=reference_source,
+                             target=reference_target, samples=_samples())
+    calls = {"steps": 0}
+
+    def cancel_in_stage_one(stage, step, loss):
+        if stage == "stage 1":
+            calls["steps"] += 1
+
+    source, target = make_pair()
+    with pytest.raises(TransferCancelled):
+        run_transfer(_config(), out_dir=tmp_path / "run", source=source, target=target, samples=_samples(),
+                     on_progress=cancel_in_stage_one, should_cancel=lambda: calls["steps"] >= 1)
+    assert not (tmp_path / "run").exists()
+    partial = tmp_path / "run.partial"
+    assert json.loads((partial / "manifest.json").read_text())["status"] == "cancelled"
+    listing = {l.path.name: l for l in list_runs([tmp_path])}["run.partial"]
+    assert not listing.complete
+    with pytest.raises(RunReadError, match="not a complete run"):
+        open_run(partial)
+    # Resume with fresh models: finished stages are replayed from checkpoints, the rest trained.
+    source, target = make_pair()
+    resumed = run_transfer(_config(), out_dir=tmp_path / "run", resume=True, source=source, target=target,
+                           samples=_samples())
+    manifest = open_run(resumed).manifest
+    assert manifest["resumes"] == 1
+    delta = open_run(resumed).weight_delta()
+    expected = open_run(reference).weight_delta()
+    assert delta.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(delta[key], expected[key], atol=1e-6, rtol=1e-5)
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    source, target = make_pair()
+    with pytest.raises(TransferCancelled):
+        run_transfer(_config(), out_dir=tmp_path / "run", source=source, target=target, samples=_samples(),
+                     should_cancel=lambda: True)
+    from pkt_core.run_store import RunStoreError
+
+    with pytest.raises(RunStoreError, match="differs in: learning_rate"):
+        run_transfer(_config(learning_rate=5e-4), out_dir=tmp_path / "run", resume=True, source=source,
+                     target=target, samples=_samples())
+
+
+def test_bad_configs_are_refused():
+    from pkt_core.transfer.config import TransferConfigError
+
+    with pytest.raises(TransferConfigError, match="unknown SemAlign variant"):
+        _config(variant="v9")
+    with pytest.raises(TransferConfigError, match="exactly one of a task"):
+        _config(task="mmlu")
+    with pytest.raises(TransferConfigError, match="unknown losses"):
+        _config(losses={"mse": 1.0})
+
+
+def test_finished_run_is_not_overwritten(tmp_path):
+    from pkt_core.run_store import RunStoreError
+
+    source, target = make_pair()
+    run_transfer(_config(steps_per_stage=1, stages=[0]), out_dir=tmp_path / "r", source=source, target=target,
+                 samples=_samples())
+    with pytest.raises(RunStoreError, match="already holds a finished run"):
+        run_transfer(_config(steps_per_stage=1, stages=[0]), out_dir=tmp_path / "r", source=source, target=target,
+                     samples=_samples())
