@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pkt: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("pkt: cancelled; nothing partial was kept", file=sys.stderr)
+        print("pkt: cancelled by the user", file=sys.stderr)
         return 130
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pkt_core.capture import position_ids_from_mask
 from pkt_core.loading import LoadedModel
 from pkt_core.transfer.alignment_data import TokenisedSamples
 
@@ -40,13 +39,19 @@ class LayerAttribution:
 
 
 def answer_loss(logits: torch.Tensor, batch: TokenisedSamples) -> torch.Tensor:
-    """Mean cross-entropy of the answer tokens (the logit at t predicts the token at t + 1)."""
+    """Mean cross-entropy of the answer tokens (the logit at t predicts the token at t + 1).
+
+    ``logits`` is either (batch x tokens x V) or already the answer-prediction rows (rows x V).
+    """
     mask = batch.prediction_mask().to(logits.device)
-    targets = batch.next_tokens().to(logits.device)
-    return torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask])
+    targets = batch.next_tokens().to(logits.device)[mask]
+    rows = logits if logits.dim() == 2 else logits[mask]
+    return torch.nn.functional.cross_entropy(rows.float(), targets)
 
 
 def layer_gradient_x_activation(loaded: LoadedModel, samples: TokenisedSamples, batch_size: int = 8) -> LayerAttribution:
+    from pkt_core.transfer.frontier import forward_to_frontier
+
     model = loaded.model
     layers = loaded.adapter.decoder_layers()
     requires = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -74,11 +79,8 @@ def layer_gradient_x_activation(loaded: LoadedModel, samples: TokenisedSamples, 
             for index, layer in enumerate(layers):
                 handles.append(layer.register_forward_hook(keep(index), with_kwargs=True))
             try:
-                ids = batch.input_ids.to(loaded.input_device)
-                mask = batch.attention_mask.to(loaded.input_device)
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                               use_cache=False).logits
-                loss = answer_loss(logits, batch) * len(batch)  # sum over samples, mean over their tokens
+                outputs_at_final = forward_to_frontier(loaded, batch, len(layers) - 1, need_logits=True)
+                loss = answer_loss(outputs_at_final.answer_logits, batch) * len(batch)  # sum over samples
                 loss.backward()
             finally:
                 for handle in handles:

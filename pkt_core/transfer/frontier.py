@@ -40,10 +40,26 @@ class _StopForward(Exception):
 class FrontierOutputs:
     resid_pre: torch.Tensor
     resid_post: torch.Tensor
-    logits: torch.Tensor | None
+    answer_logits: torch.Tensor | None  # rows = prediction positions, in row-major order
 
 
-def forward_to_frontier(loaded: LoadedModel, batch: TokenisedSamples, layer: int, need_logits: bool) -> FrontierOutputs:
+def head_logits(loaded: LoadedModel, normed_rows: torch.Tensor) -> torch.Tensor:
+    """LM-head logits of final-normed hidden rows (with Gemma's final soft-capping where set)."""
+    logits = loaded.adapter.lm_head()(normed_rows)
+    cap = getattr(loaded.model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def forward_to_frontier(
+    loaded: LoadedModel, batch: TokenisedSamples, layer: int, need_logits: bool
+) -> FrontierOutputs:
+    """Run the target up to the frontier layer, or on to the final norm when logits are needed.
+
+    The LM head is applied only at the answer-prediction positions: on a 150k vocabulary the
+    full (tokens x V) logits would cost more than the whole transformer stack.
+    """
     block = loaded.adapter.decoder_layers()[layer]
     captured: dict[str, torch.Tensor] = {}
 
@@ -55,20 +71,28 @@ def forward_to_frontier(loaded: LoadedModel, batch: TokenisedSamples, layer: int
         if not need_logits:
             raise _StopForward
 
+    def final_norm_hook(module, args, output):
+        captured["final"] = output
+        raise _StopForward
+
     handles = [block.register_forward_pre_hook(pre_hook, with_kwargs=True),
                block.register_forward_hook(post_hook, with_kwargs=True)]
+    if need_logits:
+        handles.append(loaded.adapter.final_norm().register_forward_hook(final_norm_hook))
     ids = batch.input_ids.to(loaded.input_device)
     mask = batch.attention_mask.to(loaded.input_device)
-    logits = None
     try:
-        output = loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
-        logits = output.logits
+        loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
     except _StopForward:
         pass
     finally:
         for handle in handles:
             handle.remove()
-    return FrontierOutputs(captured["pre"], captured["post"], logits)
+    answer_logits = None
+    if need_logits:
+        final = captured["final"]
+        answer_logits = head_logits(loaded, final[batch.prediction_mask().to(final.device)])
+    return FrontierOutputs(captured["pre"], captured["post"], answer_logits)
 
 
 def layer_token_mask(batch: TokenisedSamples, drop_first_position: bool) -> torch.Tensor:
@@ -125,11 +149,11 @@ def stage_losses(
         states = site_states("block_output")[prediction]
         terms["fisher_logit"] = loss_functions.fisher_logit_loss(states, supervised("block_output")[prediction].to(head.device), head)
     if "output_cosine" in weights:
-        logits = outputs.logits[prediction.to(outputs.logits.device)].float()
+        logits = outputs.answer_logits.float()
         answers = batch.next_tokens()[batch.prediction_mask()].to(logits.device)
         terms["output_cosine"] = loss_functions.output_cosine_loss(logits, answers)
     if "output_kl" in weights:
-        logits = outputs.logits[prediction.to(outputs.logits.device)].float()
+        logits = outputs.answer_logits.float()
         rows = torch.cat([torch.arange(answer_offsets[i], answer_offsets[i + 1]) for i in indices])
         source = supervision.source_log_probs[rows].to(logits.device)
         terms["output_kl"] = loss_functions.output_kl_loss(logits, source)

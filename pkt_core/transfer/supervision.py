@@ -52,17 +52,20 @@ def collect_layer_states(
         ids = samples.input_ids[index].to(loaded.input_device)
         mask = samples.attention_mask[index].to(loaded.input_device)
         with torch.no_grad(), record_residuals(loaded.model, layers) as recorder:
-            output = loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                                  use_cache=False)
+            if with_answer_log_probs:
+                from pkt_core.transfer.frontier import forward_to_frontier
+
+                sub_batch = samples.select(indices)
+                answer_logits = forward_to_frontier(loaded, sub_batch, loaded.adapter.num_layers - 1, True).answer_logits
+            else:
+                loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
             for layer in layers:
                 pre = recorder.resid_pre[layer].to("cpu", torch.float32)
                 post = recorder.resid_post[layer].to("cpu", torch.float32)
                 for site in sites:
                     buffers[(layer, site)].append(post if site == "block_output" else post - pre)
         if with_answer_log_probs:
-            prediction = samples.prediction_mask()[index]
-            log_probs = output.logits.float().log_softmax(dim=-1).cpu()
-            answer_rows.append(log_probs[prediction])
+            answer_rows.append(answer_logits.float().log_softmax(dim=-1).cpu())
     for key, pieces in buffers.items():
         result.states[key] = torch.cat([_pad_to(piece, length) for piece in pieces])
     if with_answer_log_probs:
