@@ -39,3 +39,7 @@ class CaptureError(PktError):
 
 class ActivationStoreError(PktError):
     """A folder of captured activations is missing, incomplete or corrupt."""
+
+
+class SimilarityInputError(PktError):
+    """Arrays given to a representation-similarity measure are unusable (shape, NaN, too few rows, ...)."""
