@@ -218,14 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_subcommands(commands) -> None:
     """Subcommands that live in their own modules register themselves here."""
-    try:
-        from pkt_core.evaluation.cli import add_eval_parser
-        add_eval_parser(commands)
-    except ImportError:
-        pass
+    from pkt_core.evaluation.cli import add_eval_parser
     from pkt_core.similarity_cli import add_similarity_parser
     from pkt_core.transfer.cli import add_transfer_parser
 
+    add_eval_parser(commands)
     add_similarity_parser(commands)
     add_transfer_parser(commands)
 

@@ -246,9 +246,12 @@ def wrap_loaded_model(model: torch.nn.Module, tokenizer, name: str, device: str 
     model.eval()
     parameters = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     first = next(model.parameters())
+    # Every weight goes into the fingerprint: caches (semantic bases, evaluation results) key on
+    # it, and an in-memory model is often one that was just changed.
     digest = hashlib.sha256(f"memory:{name}:{parameters}".encode())
-    for tensor in list(model.state_dict().values())[:4]:
-        digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

