@@ -60,6 +60,10 @@ def add_transfer_parser(commands) -> None:
     hyper.add_argument("--keep-first-position", action="store_true", help="keep position 0 in the layer losses")
     hyper.add_argument("--stages", help="target layers to train, e.g. 0-5 (default all)")
     hyper.add_argument("--seed", type=int, default=0)
+    evaluation = parser.add_argument_group("evaluation (source, target before and after, item by item)")
+    evaluation.add_argument("--eval", dest="eval_tasks", help="comma list of tasks to evaluate: mmlu,gsm8k,humaneval,mbpp")
+    evaluation.add_argument("--eval-limit", type=int,
+                            help="fixed subset: first N items per task (MMLU: per subject); default all items")
     place = parser.add_argument_group("placement")
     place.add_argument("--dtype", default="fp32")
     place.add_argument("--device", default="cpu", help="both models: cpu, cuda:N or auto")
@@ -94,6 +98,7 @@ def run_transfer_command(args: argparse.Namespace) -> int:
         drop_first_position=not args.keep_first_position, stages=list(stages) if stages else None,
         seed=args.seed, dtype=args.dtype, source_device=args.source_device or args.device,
         target_device=args.target_device or args.device,
+        eval_tasks=args.eval_tasks.split(",") if args.eval_tasks else [], eval_limit=args.eval_limit,
     )
     out = args.out or default_run_folder(config)
     bar = tqdm(desc="transfer", unit="step")

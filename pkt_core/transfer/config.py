@@ -76,6 +76,8 @@ class TransferConfig:
     source_device: str = "cpu"
     target_device: str = "cpu"
     save_weights_delta: bool = True
+    eval_tasks: list[str] = field(default_factory=list)  # evaluated for source, target before and after
+    eval_limit: int | None = None  # items per task (MMLU: per subject), a fixed recorded subset
 
     def __post_init__(self) -> None:
         if self.method != "semalign":
@@ -98,6 +100,11 @@ class TransferConfig:
             raise TransferConfigError("layer_site must be 'contribution' or 'block_output'")
         if (self.task is None) == (self.data_file is None):
             raise TransferConfigError("give exactly one of a task (--task) or a data file (--data)")
+        from pkt_core.evaluation.tasks import TASKS
+
+        unknown_tasks = set(self.eval_tasks) - set(TASKS)
+        if unknown_tasks:
+            raise TransferConfigError(f"unknown evaluation tasks {sorted(unknown_tasks)}; choose from {', '.join(TASKS)}")
         if self.align_samples < 1 or self.steps_per_stage < 1 or self.batch_size < 1:
             raise TransferConfigError("align_samples, steps_per_stage and batch_size must be at least 1")
 

