@@ -117,11 +117,13 @@ def decomposition_fidelity(states: torch.Tensor, operator: torch.Tensor) -> Fide
     return FidelityResult(float(cosines.mean()), float(cosines.std(unbiased=False)), int(states.shape[0]))
 
 
-def heads_are_tied(head_weight: torch.Tensor, embedding_weight: torch.Tensor, tolerance: float = 0.05) -> tuple[bool, float]:
+def heads_are_tied(head_weight: torch.Tensor, embedding_weight: torch.Tensor, tolerance: float = 0.2) -> tuple[bool, float]:
     """Whether output- and input-side matrices are (nearly) the same, and their relative difference.
 
     On such a model the paper's output-side vs input-side contrast cannot appear: the two bases
-    are the same up to noise (Qwen2.5 ties them; its GGUF mirrors differ only by quantisation).
+    are the same up to noise (Qwen2.5 ties them; its 4-bit GGUF mirrors store two copies that
+    differ by quantisation noise, 4 to 8 % relative here). Untied heads of real models differ by
+    far more (their matrices are nearly orthogonal as vectors), hence the 20 % bound.
     """
     if head_weight.shape != embedding_weight.shape:
         return False, float("inf")
