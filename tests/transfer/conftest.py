@@ -23,6 +23,16 @@ def addition_samples(count: int, seed: int) -> list[AlignmentSample]:
     return samples
 
 
+def copy_first_operand_samples(count: int, seed: int) -> list[AlignmentSample]:
+    """The same prompts answered with the first operand: the format of the task, not its content."""
+    rng = random.Random(seed)
+    samples = []
+    for index in range(count):
+        a, b = rng.randrange(10), rng.randrange(10)
+        samples.append(AlignmentSample(f"copy-{seed}-{index}", f"{a}+{b}=", str(a), label=str(a)))
+    return samples
+
+
 def train_on(loaded, samples, steps: int, learning_rate: float = 3e-3, seed: int = 0) -> None:
     """Plain next-token training on the answers of ``samples``."""
     torch.manual_seed(seed)
@@ -56,10 +66,13 @@ def random_pair():
 
 @pytest.fixture(scope="session")
 def trained_pair_state():
-    """A source trained well and a target trained little on the addition task (state dicts)."""
+    """A source that knows addition and a target that only learnt to answer with a digit (it copies
+    the first operand): the target has the format and a working output head, not the knowledge.
+    (A target trained for a few steps only cannot move its outputs at all through single layers:
+    its near-initial head and final norm bound the logit range.)"""
     source, target = make_pair()
     train_on(source, addition_samples(400, seed=1), steps=300)
-    train_on(target, addition_samples(400, seed=1), steps=15)
+    train_on(target, copy_first_operand_samples(400, seed=1), steps=150)
     return {k: v.clone() for k, v in source.model.state_dict().items()}, {k: v.clone() for k, v in target.model.state_dict().items()}
 
 

@@ -1,4 +1,4 @@
-"""SemAlign on a pair the test trains itself: the source knows the task, the target barely.
+"""SemAlign on a pair the test trains itself: the source knows the task, the target only its format.
 
 Asserts that after the whole pipeline the target's answer distribution on held-out inputs has
 moved toward the source's (KL(p_src || p_tgt) decreased). The held-out accuracy change is
@@ -36,11 +36,10 @@ def test_transfer_moves_the_target_toward_the_source(trained_pair, tmp_path):
     source_accuracy = float((source_lp.argmax(-1) == answers).float().mean())
     assert source_accuracy > 0.8, "the fixture's source did not learn the task"
 
-    # v2-relation with its distillation term at full weight: the relation loss shapes each layer's
-    # geometry, the output KL carries the source's answer distribution.
-    config = TransferConfig(source="tiny-source", target="tiny-target", variant="v2-relation", data_file="synthetic",
-                            losses={"relation": 1.0, "output_kl": 1.0}, align_samples=48, probe_samples=16,
-                            steps_per_stage=8, batch_size=48, learning_rate=1e-3)
+    # v1 as published: layer cosine + output cosine, no distillation term that would optimise
+    # the asserted KL directly.
+    config = TransferConfig(source="tiny-source", target="tiny-target", variant="v1", data_file="synthetic",
+                            align_samples=48, probe_samples=16, steps_per_stage=8, batch_size=48, learning_rate=1e-3)
     run_transfer(config, out_dir=tmp_path / "run", source=source, target=target,
                  samples=(addition_samples(48, seed=7), addition_samples(16, seed=8), "addition"))
     target_lp_after, _ = _answer_log_probs(target, held_out)
