@@ -11,7 +11,6 @@ because every rank owns a contiguous block of sequences.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pkt_core.atomic_files import replace_directory, write_json_atomic
 from pkt_core.errors import ActivationStoreError
 
 FORMAT = "pkt-activations/1"
@@ -228,7 +228,7 @@ class ShardWriter:
         """Flush and leave this rank's part list for rank 0 to merge."""
         self.flush()
         part = {"shards": self.shards, "n_rows": self.n_rows, "dropped_outliers": self.dropped_outliers}
-        _write_json_atomic(self.partial / f"rank-{self.rank:03d}.json", part)
+        write_json_atomic(self.partial / f"rank-{self.rank:03d}.json", part)
 
     def commit(self, metadata: dict, world_size: int = 1) -> None:
         """Merge every rank's part list into capture.json (written last) and move the folder into place."""
@@ -257,22 +257,9 @@ class ShardWriter:
             "dropped_outliers": {"count": len(dropped), "rows": [list(pair) for pair in dropped]},
             "status": "complete",
         }
-        _write_json_atomic(self.partial / METADATA_FILE, metadata)
-        if self.folder.exists():
-            trash = self.folder.with_name(self.folder.name + ".old")
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(self.folder, trash)
-            os.replace(self.partial, self.folder)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.partial, self.folder)
+        write_json_atomic(self.partial / METADATA_FILE, metadata)
+        replace_directory(self.partial, self.folder)
         self._committed = True
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=1))
-    os.replace(temporary, path)
 
 
 def open_activations(folder: str | Path) -> ActivationSet:

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from pkt_core.atomic_files import replace_directory
 from pkt_core.errors import HashMismatchError, ProvisioningError
 from pkt_core.paths import downloads_dir, model_cache_dir
 from pkt_core.registry import GgufMirror, ModelSpec, get_model_spec
@@ -124,7 +125,7 @@ def _fetch_from_hub(spec: ModelSpec, on_progress: ProgressCallback) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise ProvisioningError(f"{spec.hub_id}@{spec.revision} has no safetensors weights; refusing pickled weights.")
     _write_provenance(staging, spec, {"source": "hub", "hub_id": spec.hub_id, "revision": spec.revision})
-    _replace_directory(staging, destination)
+    replace_directory(staging, destination)
     on_progress("hub", 1, 1)
     return destination
 
@@ -266,7 +267,7 @@ def _convert_gguf(spec: ModelSpec, mirror: GgufMirror, gguf_path: Path, on_progr
             "stored_dtype": "float32",
         },
     )
-    _replace_directory(staging, destination)
+    replace_directory(staging, destination)
     return destination
 
 
@@ -282,19 +283,6 @@ def _write_provenance(folder: Path, spec: ModelSpec, details: dict) -> None:
         **details,
     }
     (folder / PROVENANCE_FILE).write_text(json.dumps(record, indent=2))
-
-
-def _replace_directory(staging: Path, destination: Path) -> None:
-    """Move a finished staging folder into place; the old folder (if any) goes only after."""
-    if destination.exists():
-        trash = destination.with_name(f".{destination.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(destination, trash)
-        os.replace(staging, destination)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, destination)
 
 
 def _check_free_disk(spec: ModelSpec, mirror: GgufMirror, work: Path) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from pkt_core import __version__
+from pkt_core import __version__, atomic_files
 from pkt_core.errors import PktError
 
 MANIFEST = "manifest.json"
@@ -33,9 +33,7 @@ class RunStoreError(PktError):
 
 
 def write_json_atomic(path: Path, payload) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=1, default=_json_default))
-    os.replace(temporary, path)
+    atomic_files.write_json_atomic(path, payload, default=_json_default)
 
 
 def _json_default(value):
@@ -162,14 +160,7 @@ class RunWriter:
         self.manifest["status"] = "complete"
         self.manifest["ended_at"] = _now()
         self.write_manifest()
-        if self.folder.exists():
-            trash = self.folder.with_name(self.folder.name + ".old")
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(self.folder, trash)
-            os.replace(self.partial, self.folder)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.partial, self.folder)
+        atomic_files.replace_directory(self.partial, self.folder)
         return self.folder
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pkt_core.loading import wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
-
-FAMILY_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_neox")
+from pkt_core.synthetic_models import byte_level_tokenizer
+from tiny_models import FAMILY_MODEL_TYPES, make_tiny_loaded
 
 
 @pytest.fixture(autouse=True)
@@ -18,14 +16,27 @@ def isolated_pkt_home(tmp_path_factory, monkeypatch):
     return home
 
 
+@pytest.fixture
+def real_pair_home(monkeypatch):
+    """For slow tests: the user's real model cache (``$PKT_REAL_HOME``, default ~/.cache/pkt)
+    instead of the per-test PKT_HOME; skips, saying why, when the real pair is not cached."""
+    import os
+    from pathlib import Path
+
+    from pkt_core.provisioning import is_cached
+    from pkt_core.registry import DEFAULT_PAIR, get_pair_spec
+
+    pair = get_pair_spec(DEFAULT_PAIR)
+    monkeypatch.setenv("PKT_HOME", os.environ.get("PKT_REAL_HOME", str(Path.home() / ".cache" / "pkt")))
+    missing = [name for name in (pair.source, pair.target) if not is_cached(name)]
+    if missing:
+        pytest.skip(f"the real pair is not cached ({', '.join(missing)}); run `pkt models fetch {pair.name}`")
+    return pair
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return byte_level_tokenizer()
-
-
-def make_tiny_loaded(model_type: str, num_layers: int = 3, seed: int = 0, width: int = 64):
-    model = random_model_from_config(tiny_config(model_type, num_layers=num_layers, width=width), seed=seed)
-    return wrap_loaded_model(model, byte_level_tokenizer(), name=f"tiny-{model_type}")
 
 
 @pytest.fixture(params=FAMILY_MODEL_TYPES)
@@ -42,11 +53,3 @@ def tiny_model_folder(tmp_path):
     loaded.tokenizer.save_pretrained(folder)
     return folder
 
-
-SAMPLE_TEXTS = [
-    "def add(a, b):\n    return a + b",
-    "The quick brown fox",
-    "x",
-    "Knowledge moves from a large model to a small one, layer by layer.",
-    "print('hello')",
-]

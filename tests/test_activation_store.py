@@ -9,7 +9,7 @@ from pkt_core.capture import CaptureOptions
 from pkt_core.capture_dataset import CaptureCancelled, capture_texts
 from pkt_core.errors import ActivationStoreError
 
-from conftest import SAMPLE_TEXTS, make_tiny_loaded
+from tiny_models import SAMPLE_TEXTS, make_tiny_loaded
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pkt_core.architecture import SUPPORTED_FAMILIES, adapter_for
 from pkt_core.errors import UnsupportedArchitectureError
 from pkt_core.synthetic_models import random_model_from_config, tiny_config
 
-from conftest import FAMILY_MODEL_TYPES
+from tiny_models import FAMILY_MODEL_TYPES
 
 
 @pytest.mark.parametrize("model_type", FAMILY_MODEL_TYPES)

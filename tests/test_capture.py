@@ -6,7 +6,7 @@ from pkt_core.capture import CaptureOptions, capture_batch, position_ids_from_ma
 from pkt_core.capture_dataset import capture_texts, pad_batch, tokenize_texts
 from pkt_core.errors import CaptureError
 
-from conftest import SAMPLE_TEXTS, make_tiny_loaded
+from tiny_models import SAMPLE_TEXTS, make_tiny_loaded
 
 
 def test_shapes_and_layer_counts_for_every_family(tiny_loaded):

@@ -9,7 +9,7 @@ import numpy as np
 
 from pkt_core.activation_store import open_activations
 
-from conftest import SAMPLE_TEXTS
+from tiny_models import SAMPLE_TEXTS
 
 
 def _run(arguments, env):

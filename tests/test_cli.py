@@ -5,7 +5,7 @@ import numpy as np
 from pkt_core.activation_store import open_activations
 from pkt_core.cli import main, parse_layer_list
 
-from conftest import SAMPLE_TEXTS
+from tiny_models import SAMPLE_TEXTS
 
 
 def test_models_list_json(capsys):

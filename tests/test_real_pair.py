@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from pkt_core.provisioning import is_cached
 from pkt_core.registry import get_pair_spec
 
 pytestmark = pytest.mark.slow
@@ -11,19 +10,7 @@ pytestmark = pytest.mark.slow
 PAIR = get_pair_spec("qwen-coder-1.5b-to-0.5b")
 
 
-@pytest.fixture
-def real_home(monkeypatch):
-    """Use the user's real cache, not the per-test PKT_HOME."""
-    import os
-    from pathlib import Path
-
-    monkeypatch.setenv("PKT_HOME", os.environ.get("PKT_REAL_HOME", str(Path.home() / ".cache" / "pkt")))
-    missing = [name for name in (PAIR.source, PAIR.target) if not is_cached(name)]
-    if missing:
-        pytest.skip(f"the real pair is not cached ({', '.join(missing)}); run `pkt models fetch {PAIR.name}`")
-
-
-def test_capture_on_the_real_pair(real_home):
+def test_capture_on_the_real_pair(real_pair_home):
     from pkt_core.capture import CaptureOptions
     from pkt_core.capture_dataset import capture_texts
     from pkt_core.loading import load_model

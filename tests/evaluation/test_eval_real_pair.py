@@ -1,11 +1,8 @@
 """Slow: MMLU on the cached real pair (2 items per subject, 114 items, 0-shot)."""
 
-import os
-from pathlib import Path
 
 import pytest
 
-from pkt_core.provisioning import is_cached
 from pkt_core.registry import get_pair_spec
 
 pytestmark = pytest.mark.slow
@@ -13,16 +10,7 @@ pytestmark = pytest.mark.slow
 PAIR = get_pair_spec("qwen-coder-1.5b-to-0.5b")
 
 
-@pytest.fixture
-def real_home(monkeypatch):
-    """Use the user's real model cache, not the per-test PKT_HOME."""
-    monkeypatch.setenv("PKT_HOME", os.environ.get("PKT_REAL_HOME", str(Path.home() / ".cache" / "pkt")))
-    missing = [name for name in (PAIR.source, PAIR.target) if not is_cached(name)]
-    if missing:
-        pytest.skip(f"the real pair is not cached ({', '.join(missing)}); run `pkt models fetch {PAIR.name}`")
-
-
-def test_mmlu_source_is_clearly_above_chance_and_above_the_target(real_home, tmp_path):
+def test_mmlu_source_is_clearly_above_chance_and_above_the_target(real_pair_home, tmp_path):
     from pkt_core.evaluation.cache import ResultCache
     from pkt_core.evaluation.runner import EvalOptions, compare_evaluations, evaluate
     from pkt_core.loading import load_model

@@ -12,7 +12,7 @@ from pkt_core.transfer.alignment_data import tokenise_samples
 from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.pipeline import run_transfer
 
-from conftest import addition_samples
+from transfer_fixtures import addition_samples
 
 
 def _answer_log_probs(loaded, samples):

@@ -8,7 +8,7 @@ from pkt_core.transfer.layer_mapping import depth_map
 from pkt_core.transfer.semantic_bases import cross_model_map, semantic_basis
 from pkt_core.transfer.supervision import _final_norm_cpu, build_supervision, collect_layer_states
 
-from conftest import addition_samples
+from transfer_fixtures import addition_samples
 
 
 def _setup(pair, variant, trainable="block"):

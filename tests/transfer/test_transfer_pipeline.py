@@ -10,7 +10,7 @@ from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.frontier import TransferCancelled
 from pkt_core.transfer.pipeline import run_transfer
 
-from conftest import addition_samples, make_pair
+from transfer_fixtures import addition_samples, make_pair
 
 
 def _config(**changes):
