@@ -1,6 +1,7 @@
 """PKT Studio app entry: `streamlit run app/main.py`.
 
 The app only reads runs and calls the library; every computation lives in ``pkt_core``.
+Pages live in ``app/views/``; ``app/studio.py`` holds what they share.
 """
 
 from __future__ import annotations
@@ -8,39 +9,32 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import streamlit as st
+APP_DIR = Path(__file__).resolve().parent
+for path in (APP_DIR.parent, APP_DIR):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-if str(REPOSITORY_ROOT) not in sys.path:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPOSITORY_ROOT))
+import streamlit as st  # noqa: E402
 
-from pkt_core.run_catalogue import default_run_roots, list_runs  # noqa: E402
+import studio  # noqa: E402
+from pkt_core.errors import PktError  # noqa: E402
 
 st.set_page_config(page_title="PKT Studio", layout="wide")
-st.title("PKT Studio")
-st.caption(
-    "Cross-scale parametric knowledge transfer by latent semantic alignment (SemAlign, arXiv 2510.24208) "
-    "and its peers: what moves from a large model into a small one, layer by layer."
-)
 
-roots = default_run_roots(REPOSITORY_ROOT)
-listings = list_runs(roots)
-st.subheader("Runs")
-st.write("Looking in: " + ", ".join(f"`{root}`" for root in roots))
-if not listings:
-    st.info(
-        "No runs yet. Runs appear here when `pkt transfer` writes them, and the repository ships real runs "
-        "in `cached_runs/` once they have been computed."
-    )
-else:
-    complete = [listing.row() for listing in listings if listing.complete]
-    broken = [listing.row() for listing in listings if not listing.complete]
-    if complete:
-        st.dataframe(complete, hide_index=True, use_container_width=True)
-    if broken:
-        st.warning(f"{len(broken)} run folder(s) are incomplete or unreadable and are not shown as results.")
-        st.dataframe(
-            [{"folder": row["folder"], "status": row["status"], "problem": row["problem"]} for row in broken],
-            hide_index=True,
-            use_container_width=True,
-        )
+PAGES = [
+    st.Page("views/runs.py", title="Runs", icon=":material/table_view:", default=True),
+    st.Page("views/alignment.py", title="Layer alignment", icon=":material/grid_on:"),
+    st.Page("views/mapping.py", title="Layer mapping", icon=":material/account_tree:"),
+    st.Page("views/projections.py", title="Projections", icon=":material/scatter_plot:"),
+    st.Page("views/benchmarks.py", title="Benchmarks", icon=":material/leaderboard:"),
+    st.Page("views/new_run.py", title="New run", icon=":material/play_circle:"),
+]
+page = st.navigation(PAGES)
+st.sidebar.title("PKT Studio")
+st.sidebar.caption("Cross-scale parametric knowledge transfer (SemAlign, arXiv 2510.24208): what moves from a large "
+                   "model into a small one, layer by layer.")
+studio.current_run_picker()
+try:
+    page.run()
+except PktError as error:  # a run missing or damaging a file the page needs: say which, never crash
+    st.error(f"This page cannot show the run: {error}")

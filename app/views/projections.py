@@ -1,0 +1,79 @@
+"""Projections: PCA / UMAP of the pooled probe states of source, target before and target after."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import studio
+from pkt_core.projections import ProjectionError, projection_figure, umap_available
+
+run = studio.require_run()
+folder = str(run.folder)
+studio.page_header("Projections", f"Run `{run.run_id}`: each probe prompt's mean hidden state at one layer pair, "
+                   "embedded in 2-D. Results are cached per parameter set, so going back is instant.")
+
+if not run.has("probe_activations.safetensors"):
+    st.error(f"Run {run.run_id} has no probe_activations.safetensors: nothing to project.")
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _project(folder: str, stamp: float, target_layer: int, source_layer: int | None, method: str, space: str,
+             neighbours: int, min_dist: float, seed: int):
+    from pkt_core.projections import project
+
+    return project(studio.open_current(folder), target_layer, source_layer, method, space, neighbours, min_dist, seed)
+
+
+manifest = run.manifest
+n_target = int((manifest.get("target") or {}).get("num_layers") or 0)
+n_source = int((manifest.get("source") or {}).get("num_layers") or 0)
+mapping_rows = {row["target_layer"]: row for row in run.mappings["mappings"][run.mappings["chosen"]]["table"]}
+
+controls, parameters = st.columns([3, 2])
+with controls:
+    target_layer = st.slider("Target layer", 0, max(0, n_target - 1), value=min(n_target - 1, n_target // 2),
+                             key="projection_target_layer") if n_target > 1 else 0
+    space = st.radio("Space", ["joint", "target"], horizontal=True, key="projection_space",
+                     format_func={"joint": "source (through M) + target before/after",
+                                  "target": "target before/after only"}.get)
+    row = mapping_rows.get(target_layer)
+    mapped = row["source_layers"][max(range(len(row["weights"])), key=row["weights"].__getitem__)] if row else 0
+    follow = st.toggle(f"Source layer from the run's map ({run.mappings['chosen']})", value=True,
+                       key="projection_follow_map", disabled=space == "target")
+    if follow or space == "target":
+        source_layer = mapped
+        st.caption(f"Layer pair: source {source_layer} -> target {target_layer}")
+    else:
+        source_layer = st.slider("Source layer", 0, max(0, n_source - 1), value=mapped, key="projection_source_layer")
+    colour_by = st.radio("Colour by", ["model", "label", "correctness"], horizontal=True, key="projection_colour",
+                         format_func={"model": "model", "label": "task label", "correctness": "correctness"}.get)
+with parameters:
+    methods = ["pca", "umap"]
+    method = st.radio("Method", methods, horizontal=True, key="projection_method", format_func=str.upper)
+    has_umap = umap_available()
+    if method == "umap" and not has_umap:
+        st.warning("UMAP needs the `umap-learn` package (`pip install -e .[app]`); showing PCA.")
+        method = "pca"
+    neighbours = st.number_input("Neighbours", 2, 200, 15, key="projection_neighbours", disabled=method != "umap")
+    min_dist = st.number_input("Min distance", 0.0, 1.0, 0.1, step=0.05, key="projection_min_dist",
+                               disabled=method != "umap")
+    seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="projection_seed", disabled=method != "umap")
+    if method == "umap":
+        st.caption("The first UMAP in a worker compiles its kernels (numba): about 15 s once, then fast.")
+
+try:
+    with st.spinner("Projecting..."):
+        projection = _project(folder, studio._stamp(folder), int(target_layer),
+                              None if space == "target" else int(source_layer), method, space,
+                              int(neighbours) if method == "umap" else 15, float(min_dist) if method == "umap" else 0.1,
+                              int(seed) if method == "umap" else 0)
+except ProjectionError as error:
+    st.error(str(error))
+    st.stop()
+
+spec = projection_figure(run, projection, colour_by)
+if colour_by == "correctness" and (projection.points["correct"] == "not evaluated").all():
+    st.info("No evaluation of this run scored the probe prompts, so correctness is unknown for every point "
+            "(probes are MMLU evaluation items when the run's task is mmlu; evaluate with the same items).")
+studio.show_figure(spec, "projection", height=560)

@@ -1,0 +1,528 @@
+"""A file-based job queue for heavy work (transfer runs, model fetches), one job at a time per machine.
+
+The app (or anyone) *submits* a job: a folder ``$PKT_HOME/jobs/<job id>/`` with ``request.json``
+(kind and parameters) and ``status.json`` (state ``queued``). A *worker* process,
+``python -m pkt_core.jobs worker``, takes jobs oldest first and runs them in its own process, so
+the models a job loads live in the worker, never in the app. Only one worker works at a time:
+it holds an exclusive ``flock`` on ``$PKT_HOME/jobs/worker.lock`` (a second worker exits at
+once), so a second request waits in the queue, and :func:`queue_message` says behind what.
+
+While a job runs, the worker rewrites ``status.json`` atomically: state, the planned stages
+with done / total steps (and the loss of training steps), the result (the run folder) or the
+error. ``cancel(job_id)`` drops a ``cancel`` flag file that the job's ``should_cancel`` checks
+between steps; a cancelled transfer keeps its resumable ``.partial`` folder. A worker that
+dies (killed, out of memory) leaves a job ``running`` with a dead pid; readers mark it failed.
+
+Kinds: ``transfer`` (params: ``config``, the :class:`~pkt_core.transfer.config.TransferConfig`
+fields as ``pkt transfer`` builds them, and optionally ``out`` and ``resume``) and ``fetch``
+(params: ``name``, a registered model or pair, and ``source``: auto, hub or mirror).
+
+Never imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pkt_core.errors import PktError
+from pkt_core.paths import pkt_home
+
+KINDS = ("transfer", "fetch")
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("done", "failed", "cancelled")
+REQUEST = "request.json"
+STATUS = "status.json"
+CANCEL = "cancel"
+LOG = "log.txt"
+LOCK = "worker.lock"
+WORKER_RECORD = "worker.json"
+PRE_TRAINING_STAGES = ("bases", "probe_before", "fidelity", "cka_before", "attribution", "supervision")
+
+
+class JobError(PktError):
+    """A job request is invalid, or names a job that does not exist."""
+
+
+class JobCancelled(PktError):
+    """The user cancelled the job (raised inside the worker)."""
+
+
+def jobs_dir() -> Path:
+    return pkt_home() / "jobs"
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(temporary, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (finished, not yet reaped by its parent) counts as ended.
+    try:
+        with open(f"/proc/{int(pid)}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    params: dict
+    submitted_at: str
+    status: dict
+
+    @property
+    def folder(self) -> Path:
+        return jobs_dir() / self.id
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "queued")
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def stages(self) -> list[dict]:
+        return list(self.status.get("stages") or [])
+
+    @property
+    def cancel_requested(self) -> bool:
+        return (self.folder / CANCEL).exists()
+
+    def title(self) -> str:
+        if self.kind == "transfer":
+            config = self.params.get("config", {})
+            what = config.get("task") or Path(str(config.get("data_file") or "data")).name
+            return f"transfer {config.get('variant', '')} {what}: {config.get('source')} -> {config.get('target')}"
+        return f"fetch {self.params.get('name')}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.folder / LOG
+        if not path.is_file():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# -- submitting and reading -------------------------------------------------------------------
+
+
+def _validate(kind: str, params: dict) -> dict:
+    if kind not in KINDS:
+        raise JobError(f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "transfer":
+        from pkt_core.transfer.config import TransferConfig
+
+        if "config" not in params:
+            raise JobError("a transfer job needs params['config'] (the TransferConfig fields)")
+        config = TransferConfig(**params["config"])  # raises TransferConfigError with the reason
+        return {**params, "config": config.to_record()}
+    from pkt_core.registry import names_to_fetch
+
+    if not params.get("name"):
+        raise JobError("a fetch job needs params['name'] (a registered model or pair)")
+    names_to_fetch(params["name"])  # raises UnknownModelError with suggestions
+    if params.get("source", "auto") not in ("auto", "hub", "mirror"):
+        raise JobError("source must be auto, hub or mirror")
+    return {"name": params["name"], "source": params.get("source", "auto")}
+
+
+def submit(kind: str, params: dict) -> Job:
+    """Queue a job (validated now, so a bad request fails here, not in the worker)."""
+    params = _validate(kind, params)
+    jobs_dir().mkdir(parents=True, exist_ok=True)
+    job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
+    folder = jobs_dir() / job_id
+    folder.mkdir()
+    submitted = _now()
+    request = {"id": job_id, "kind": kind, "params": params, "submitted_at": submitted, "order": time.time_ns()}
+    _write_json(folder / REQUEST, request)
+    status = {"state": "queued", "message": "waiting for the worker", "stages": [], "updated_at": submitted}
+    _write_json(folder / STATUS, status)
+    return Job(job_id, kind, params, submitted, status)
+
+
+def _load(folder: Path) -> tuple[Job, int] | None:
+    request = _read_json(folder / REQUEST)
+    if request is None:
+        return None
+    status = _read_json(folder / STATUS) or {"state": "queued", "stages": []}
+    job = Job(request["id"], request["kind"], request["params"], request["submitted_at"], status)
+    if job.state == "running" and not _pid_alive(status.get("pid")):
+        job.status = {**status, "state": "failed", "ended_at": _now(),
+                      "error": f"the worker process (pid {status.get('pid')}) ended without finishing the job "
+                               "(killed, or out of memory?)"}
+        _write_json(folder / STATUS, job.status)
+    return job, int(request.get("order", 0))
+
+
+def list_jobs() -> list[Job]:
+    """Every job, oldest first."""
+    if not jobs_dir().is_dir():
+        return []
+    loaded = [_load(p) for p in jobs_dir().iterdir() if p.is_dir()]
+    return [job for job, _ in sorted((x for x in loaded if x is not None), key=lambda x: x[1])]
+
+
+def get_job(job_id: str) -> Job:
+    loaded = _load(jobs_dir() / job_id)
+    if loaded is None:
+        raise JobError(f"no job {job_id!r} under {jobs_dir()}")
+    return loaded[0]
+
+
+def cancel(job_id: str) -> Job:
+    """Ask a job to stop: a queued job never starts; a running one stops at its next step."""
+    job = get_job(job_id)
+    if job.finished:
+        return job
+    (job.folder / CANCEL).write_text(_now())
+    if job.state == "queued":
+        job.status = {**job.status, "state": "cancelled", "message": "cancelled before it started", "ended_at": _now()}
+        _write_json(job.folder / STATUS, job.status)
+    return job
+
+
+def queue_message(job: Job, jobs: list[Job] | None = None) -> str:
+    """Where ``job`` stands, in words (what runs now, how many wait before it)."""
+    if job.state != "queued":
+        return job.status.get("message") or job.state
+    jobs = jobs if jobs is not None else list_jobs()
+    running = [j for j in jobs if j.state == "running"]
+    ahead = []
+    for other in jobs:
+        if other.id == job.id:
+            break
+        if other.state == "queued":
+            ahead.append(other)
+    parts = []
+    if running:
+        parts.append(f"one heavy job at a time on this machine: waiting for {running[0].title()} ({running[0].id})")
+    if ahead:
+        parts.append(f"{len(ahead)} queued job(s) ahead")
+    if not parts:
+        parts.append("next in line" + ("" if worker_alive() else "; starting the worker"))
+    return "queued: " + "; ".join(parts)
+
+
+# -- the worker -------------------------------------------------------------------------------
+
+
+def worker_alive() -> bool:
+    """Whether a worker holds the lock now (checked by trying to take it, without keeping it)."""
+    path = jobs_dir() / LOCK
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def ensure_worker(idle_exit: float | None = None, python: str | None = None) -> subprocess.Popen | None:
+    """Start a worker process when jobs are queued and none is working; returns it (or None).
+
+    The worker exits after ``idle_exit`` seconds without work (default ``$PKT_JOBS_IDLE_EXIT``, else 60)."""
+    if idle_exit is None:
+        idle_exit = float(os.environ.get("PKT_JOBS_IDLE_EXIT", "60"))
+    if not any(job.state == "queued" for job in list_jobs()) or worker_alive():
+        return None
+    jobs_dir().mkdir(parents=True, exist_ok=True)
+    package_root = str(Path(__file__).resolve().parents[1])
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, environment.get("PYTHONPATH")) if p)
+    log = open(jobs_dir() / "worker.log", "a")
+    try:
+        return subprocess.Popen(
+            [python or sys.executable, "-m", "pkt_core.jobs", "worker", "--idle-exit", str(idle_exit)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def run_worker(idle_exit: float = 60.0, poll_seconds: float = 0.5) -> int:
+    """Work through the queue; exit after ``idle_exit`` seconds without a queued job.
+
+    Returns the number of jobs run. A second worker finds the lock taken and returns 0 at once.
+    """
+    jobs_dir().mkdir(parents=True, exist_ok=True)
+    handle = open(jobs_dir() / LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return 0
+    ran = 0
+    try:
+        _write_json(jobs_dir() / WORKER_RECORD, {"pid": os.getpid(), "started_at": _now()})
+        idle_since = time.monotonic()
+        while True:
+            queued = [job for job in list_jobs() if job.state == "queued"]
+            if queued:
+                run_job(queued[0])
+                ran += 1
+                idle_since = time.monotonic()
+                continue
+            if time.monotonic() - idle_since >= idle_exit:
+                break
+            time.sleep(poll_seconds)
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+    # A job queued between the last look and the unlock would wait for nobody: look once more.
+    if any(job.state == "queued" for job in list_jobs()):
+        ran += run_worker(idle_exit, poll_seconds)
+    return ran
+
+
+class _Reporter:
+    """Writes a job's status file: planned stages with done / total, throttled for fast steps."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.status = {**job.status, "state": "running", "pid": os.getpid(), "started_at": _now(),
+                       "message": "starting", "stages": []}
+        self.last_write = 0.0
+        self.flush(force=True)
+
+    def plan(self, stages: list[tuple[str, str, int]]) -> None:
+        known = {s["name"]: s for s in self.status["stages"]}
+        self.status["stages"] = [known.get(name) or {"name": name, "label": label, "done": 0, "total": total,
+                                                     "state": "waiting"} for name, label, total in stages]
+        self.flush(force=True)
+
+    def _stage(self, name: str) -> dict:
+        for stage in self.status["stages"]:
+            if stage["name"] == name:
+                return stage
+        stage = {"name": name, "label": name, "done": 0, "total": 1, "state": "waiting"}
+        self.status["stages"].append(stage)
+        return stage
+
+    def start(self, name: str) -> None:
+        """``name`` begins: every earlier stage that was running is done."""
+        names = [s["name"] for s in self.status["stages"]]
+        index = names.index(name) if name in names else len(names)
+        for stage in self.status["stages"][:index]:
+            if stage["state"] == "running":
+                stage.update(state="done", done=stage["total"])
+        stage = self._stage(name)
+        stage["state"] = "running"
+        self.status["message"] = f"running {stage['label']}"
+        self.flush(force=True)
+
+    def step(self, name: str, done: int, total: int | None = None, loss: float | None = None,
+             detail: str | None = None) -> None:
+        stage = self._stage(name)
+        if stage["state"] != "running":
+            self.start(name)
+            stage = self._stage(name)
+        stage["done"] = done
+        if total is not None:
+            stage["total"] = total
+        if loss is not None:
+            stage["loss"] = loss
+        if detail is not None:
+            stage["detail"] = detail
+        self.flush()
+
+    def finish_all(self) -> None:
+        for stage in self.status["stages"]:
+            if stage["state"] in ("running", "waiting"):
+                stage.update(state="done", done=stage["total"])
+
+    def end(self, state: str, **fields) -> None:
+        for stage in self.status["stages"]:
+            if stage["state"] == "running":
+                stage["state"] = "stopped"
+        self.status.update(state=state, ended_at=_now(), **fields)
+        self.flush(force=True)
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_write >= 0.25:
+            self.status["updated_at"] = _now()
+            _write_json(self.job.folder / STATUS, self.status)
+            self.last_write = now
+
+
+def run_job(job: Job) -> Job:
+    """Run one queued job in this process and record how it ended."""
+    if job.cancel_requested:
+        job.status = {**job.status, "state": "cancelled", "message": "cancelled before it started", "ended_at": _now()}
+        _write_json(job.folder / STATUS, job.status)
+        return job
+    reporter = _Reporter(job)
+    log = open(job.folder / LOG, "a")
+
+    def say(text: str) -> None:
+        log.write(f"{_now()} {text}\n")
+        log.flush()
+
+    def should_cancel() -> bool:
+        return (job.folder / CANCEL).exists()
+
+    say(f"job {job.id} ({job.kind}) started by worker pid {os.getpid()}")
+    try:
+        if job.kind == "transfer":
+            result = _run_transfer(job, reporter, should_cancel, say)
+        elif job.kind == "fetch":
+            result = _run_fetch(job, reporter, should_cancel, say)
+        else:
+            raise JobError(f"unknown job kind {job.kind!r}")
+    except BaseException as error:  # noqa: BLE001 - every ending is recorded, then re-raised if fatal
+        from pkt_core.transfer.frontier import TransferCancelled
+
+        cancelled = isinstance(error, (JobCancelled, TransferCancelled)) or should_cancel()
+        say(("cancelled: " if cancelled else "failed: ") + f"{type(error).__name__}: {error}")
+        if not cancelled:
+            say(traceback.format_exc())
+        reporter.end("cancelled" if cancelled else "failed", error=f"{type(error).__name__}: {error}",
+                     message="cancelled" if cancelled else "failed")
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
+    else:
+        reporter.finish_all()
+        reporter.end("done", result=result, message=f"done: {result}")
+        say(f"done: {result}")
+    finally:
+        log.close()
+        gc.collect()
+    job.status = reporter.status
+    return job
+
+
+def transfer_plan(num_target_layers: int, stages: list[int] | None, steps_per_stage: int) -> list[tuple[str, str, int]]:
+    """(name, label, total steps) of every stage :func:`run_transfer` reports, in order."""
+    labels = {"bases": "semantic bases and cross-model map", "probe_before": "probe activations (before)",
+              "fidelity": "decomposition fidelity", "cka_before": "layer CKA (before)",
+              "attribution": "source attribution", "supervision": "source supervision"}
+    plan = [(name, labels[name], 1) for name in PRE_TRAINING_STAGES]
+    trained = sorted(stages) if stages is not None else range(num_target_layers)
+    plan += [(f"stage-{k:03d}", f"frontier stage: target layer {k}", steps_per_stage) for k in trained]
+    plan.append(("probe_after", "probe activations, CKA (after) and write-out", 1))
+    return plan
+
+
+def _run_transfer(job: Job, reporter: _Reporter, should_cancel: Callable[[], bool], say) -> str:
+    from pkt_core.loading import load_model
+    from pkt_core.transfer.config import TransferConfig
+    from pkt_core.transfer.pipeline import default_run_folder, run_transfer
+
+    config = TransferConfig(**job.params["config"])
+    out = Path(job.params.get("out") or default_run_folder(config))
+    reporter.plan([("load_source", f"load source {config.source}", 1), ("load_target", f"load target {config.target}", 1)])
+    reporter.start("load_source")
+    source = load_model(config.source, dtype=config.dtype, device=config.source_device)
+    say(f"loaded source {config.source}")
+    if should_cancel():
+        raise JobCancelled("cancelled after loading the source")
+    reporter.start("load_target")
+    target = load_model(config.target, dtype=config.dtype, device=config.target_device)
+    say(f"loaded target {config.target}")
+    plan = transfer_plan(target.adapter.num_layers, config.stages, config.steps_per_stage)
+    reporter.plan([("load_source", f"load source {config.source}", 1), ("load_target", f"load target {config.target}", 1)]
+                  + plan)
+    names = {name for name, _, _ in plan}
+
+    def progress(stage: str, step: int, loss: float) -> None:
+        if stage in names:
+            reporter.start(stage)
+        elif stage.startswith("stage "):
+            name = f"stage-{int(stage.split()[1]):03d}"
+            reporter.step(name, step + 1, config.steps_per_stage, loss=float(loss))
+
+    try:
+        folder = run_transfer(config, out_dir=out, resume=bool(job.params.get("resume")), on_progress=progress,
+                              should_cancel=should_cancel, source=source, target=target)
+    finally:
+        del source, target
+    return str(folder)
+
+
+def _run_fetch(job: Job, reporter: _Reporter, should_cancel: Callable[[], bool], say) -> str:
+    from pkt_core.provisioning import fetch_model, is_cached
+    from pkt_core.registry import names_to_fetch
+
+    names = names_to_fetch(job.params["name"])
+    reporter.plan([(f"fetch:{n}", f"fetch {n}" + (" (cached)" if is_cached(n) else ""), 1) for n in names])
+    folders = []
+    for name in names:
+        stage = f"fetch:{name}"
+        reporter.start(stage)
+
+        def progress(part: str, done: int, total: int, stage=stage) -> None:
+            if should_cancel():
+                raise JobCancelled(f"cancelled while fetching ({part})")
+            reporter.step(stage, int(done), int(total) if total else None, detail=part)
+
+        folders.append(str(fetch_model(name, source=job.params.get("source", "auto"), on_progress=progress, log=say)))
+    return ", ".join(folders)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pkt_core.jobs", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser("worker", help="work through the queue (exits when another worker holds the lock)")
+    worker.add_argument("--idle-exit", type=float, default=60.0, help="seconds without a queued job before exiting")
+    commands.add_parser("list", help="every job and its state")
+    stop = commands.add_parser("cancel", help="cancel a queued or running job")
+    stop.add_argument("job_id")
+    args = parser.parse_args(argv)
+    if args.command == "worker":
+        ran = run_worker(args.idle_exit)
+        print(f"worker {os.getpid()}: ran {ran} job(s)")
+        return 0
+    if args.command == "list":
+        for job in list_jobs():
+            print(f"{job.id}\t{job.state}\t{job.title()}\t{job.status.get('result') or job.status.get('error') or ''}")
+        return 0
+    job = cancel(args.job_id)
+    print(f"{job.id}: {job.state}{' (cancel requested)' if job.state == 'running' else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

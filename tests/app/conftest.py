@@ -1,0 +1,64 @@
+"""App test fixtures: one real run made by the library per session, copied into each test's PKT_HOME."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import app_fixtures  # noqa: E402
+from app_fixtures import APP  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def built_run(tmp_path_factory):
+    """(run folder, model folder) of a complete tiny SemAlign run with MMLU evaluations."""
+    root = tmp_path_factory.mktemp("app_run")
+    (root / "models").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PKT_HOME", str(root / "home"))
+        run = app_fixtures.make_run(root / "tiny-v1-mmlu", root / "models")
+    return run, root / "models"
+
+
+@pytest.fixture
+def app_run(isolated_pkt_home, built_run):
+    """The session's run, copied under this test's $PKT_HOME/runs (so the app lists it)."""
+    return app_fixtures.copy_run(built_run[0], isolated_pkt_home / "runs")
+
+
+@pytest.fixture
+def app_test(app_run):
+    from streamlit.testing.v1 import AppTest
+
+    def start(page: str | None = None):
+        at = AppTest.from_file(APP, default_timeout=180).run()
+        assert not at.exception, at.exception
+        if page:
+            at.switch_page(page).run()
+            assert not at.exception, at.exception
+        return at
+
+    return start
+
+
+@pytest.fixture
+def deferred_downloads(monkeypatch):
+    """file id -> the callable a download button registered (the bytes are made when it is called)."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    recorded: dict[str, object] = {}
+    original = MediaFileManager.add_deferred
+
+    def add_deferred(self, data_callable, *args, **kwargs):
+        file_id = original(self, data_callable, *args, **kwargs)
+        recorded[file_id] = data_callable
+        return file_id
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", add_deferred)
+    return recorded

@@ -1,0 +1,103 @@
+"""Benchmarks page: per-role metrics with intervals from each summary, per subject, and the item flips."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("streamlit")
+
+from app_fixtures import chart, decode, texts  # noqa: E402
+
+ROLES = ("source", "target_before", "target_after")
+
+
+def _summary(run, role):
+    return json.loads((run / "evaluation" / "mmlu" / role / "summary.json").read_text())
+
+
+def _scores(run, role):
+    table = pq.read_table(run / "evaluation" / "mmlu" / role / "items.parquet").to_pydict()
+    return dict(zip(table["item_id"], table["score"]))
+
+
+def test_metrics_per_role_with_intervals(app_test, app_run):
+    at = app_test("views/benchmarks.py")
+    assert at.selectbox(key="benchmarks_task").value == "mmlu"
+    assert at.selectbox(key="benchmarks_metric").value == "acc"
+    bars = chart(at, "benchmarks-bars")["data"]
+    drawn = {trace["name"]: (decode(trace["y"])[0], trace["error_y"]) for trace in bars}
+    for role in ROLES:
+        summary = _summary(app_run, role)["metrics"]["acc"]
+        scores = _scores(app_run, role)
+        assert summary["mean"] == pytest.approx(np.mean(list(scores.values())))  # the summary is the items' mean
+        mean, error = drawn[role.replace("_", " ")]
+        assert mean == pytest.approx(summary["mean"])
+        assert decode(error["array"])[0] == pytest.approx(summary["high"] - summary["mean"])
+        assert decode(error["arrayminus"])[0] == pytest.approx(summary["mean"] - summary["low"])
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["target after"] == f"{_summary(app_run, 'target_after')['metrics']['acc']['mean']:.3f}"
+    at.selectbox(key="benchmarks_metric").set_value("acc_norm").run()
+    bars = chart(at, "benchmarks-bars")["data"]
+    for trace in bars:
+        role = trace["name"].replace(" ", "_")
+        assert decode(trace["y"])[0] == pytest.approx(_summary(app_run, role)["metrics"]["acc_norm"]["mean"])
+
+
+def test_per_subject_breakdown(app_test, app_run):
+    at = app_test("views/benchmarks.py")
+    subjects = at.multiselect(key="benchmarks_subjects").value
+    assert len(subjects) == 12
+    figure = chart(at, "benchmarks-subjects")
+    for trace in figure["data"]:
+        role = trace["name"].replace(" ", "_")
+        per_subject = {row["subject"]: row["acc"] for row in _summary(app_run, role)["per_subject"]}
+        assert list(trace["x"]) == subjects
+        np.testing.assert_allclose(decode(trace["y"]), [per_subject[s] for s in subjects])
+    at.multiselect(key="benchmarks_subjects").set_value(subjects[:2]).run()
+    assert all(list(trace["x"]) == subjects[:2] for trace in chart(at, "benchmarks-subjects")["data"])
+
+
+def test_paired_items_show_which_items_flipped(app_test, app_run):
+    at = app_test("views/benchmarks.py")
+    before, after = _scores(app_run, "target_before"), _scores(app_run, "target_after")
+    gained = sorted(i for i in before if before[i] == 0 and after[i] == 1)
+    lost = sorted(i for i in before if before[i] == 1 and after[i] == 0)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["gained (wrong -> right)"] == str(len(gained))
+    assert metrics["lost (right -> wrong)"] == str(len(lost))
+    for flip, expected in (("gained", gained), ("lost", lost)):
+        at.radio(key="benchmarks_flip").set_value(flip).run()
+        table = next(frame.value for frame in at.dataframe if "flip" in frame.value.columns)
+        assert sorted(table["item_id"]) == expected
+        assert set(table.columns) >= {"gold", "prediction_source", "prediction_target_before",
+                                      "prediction_target_after", "outcome_target_after"}
+    at.radio(key="benchmarks_flip").set_value("all").run()
+    item = at.selectbox(key="benchmarks_item").value
+    items = pq.read_table(app_run / "evaluation" / "mmlu" / "target_after" / "items.parquet").to_pandas()
+    row = items[items["item_id"] == item].iloc[0]
+    shown = texts(at)
+    assert f"**Gold:** `{row['target']}`" in shown
+    assert any(code.value == row["prompt"] for code in at.code)
+
+
+def test_run_without_evaluation_says_so(app_test, app_run):
+    shutil.rmtree(app_run / "evaluation")
+    manifest = json.loads((app_run / "manifest.json").read_text())
+    del manifest["evaluation"]
+    (app_run / "manifest.json").write_text(json.dumps(manifest))
+    at = app_test("views/benchmarks.py")
+    assert "holds no evaluation" in at.info[0].value
+
+
+def test_manifest_only_evaluation_is_shown_without_item_views(app_test, app_run):
+    shutil.rmtree(app_run / "evaluation")
+    at = app_test("views/benchmarks.py")
+    manifest = json.loads((app_run / "manifest.json").read_text())
+    bars = chart(at, "benchmarks-bars")["data"]
+    for trace in bars:
+        role = trace["name"].replace(" ", "_")
+        assert decode(trace["y"])[0] == pytest.approx(manifest["evaluation"]["mmlu"][role]["acc"]["mean"])
+    assert "per-subject and per-item views need the evaluation folders" in texts(at)

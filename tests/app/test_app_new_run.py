@@ -1,0 +1,168 @@
+"""New run: the job queue (one heavy job at a time, queue message, cancel, dead workers) with a real
+worker process running real transfers of a tiny pair, and the page that submits and follows them."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("streamlit")
+
+from app_fixtures import APP, addition_file, save_pair, texts  # noqa: E402
+from pkt_core import jobs  # noqa: E402
+from pkt_core.run_reader import open_run  # noqa: E402
+
+
+def _wait(condition, timeout=240.0, every=0.25, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; jobs: "
+                         + json.dumps([(j.id, j.state, j.status.get("error")) for j in jobs.list_jobs()]))
+
+
+def _config(models, data, **changes):
+    source, target = models
+    config = {"source": str(source), "target": str(target), "variant": "v1", "data_file": str(data),
+              "align_samples": 8, "probe_samples": 4, "steps_per_stage": 1, "batch_size": 4,
+              "learning_rate": 1e-3, "max_tokens": 16}
+    config.update(changes)
+    return config
+
+
+@pytest.fixture
+def pair_and_data(tmp_path):
+    return save_pair(tmp_path), addition_file(tmp_path / "addition.jsonl")
+
+
+@pytest.fixture
+def reap(monkeypatch):
+    """Workers leave 1 s after their last job; every worker a test started is gone when it ends."""
+    monkeypatch.setenv("PKT_JOBS_IDLE_EXIT", "1")
+    started = []
+    yield started
+    _wait(lambda: not jobs.worker_alive(), timeout=120, what="the worker to leave")
+    for process in started:
+        if process is not None:
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_bad_requests_are_refused_when_submitted(pair_and_data):
+    from pkt_core.registry import UnknownModelError
+    from pkt_core.transfer.config import TransferConfigError
+
+    models, data = pair_and_data
+    with pytest.raises(TransferConfigError, match="unknown SemAlign variant"):
+        jobs.submit("transfer", {"config": _config(models, data, variant="v9")})
+    with pytest.raises(UnknownModelError, match="unknown model"):
+        jobs.submit("fetch", {"name": "no-such-model"})
+    with pytest.raises(jobs.JobError, match="unknown job kind"):
+        jobs.submit("train", {})
+    assert jobs.list_jobs() == []
+
+
+def test_one_job_at_a_time_the_second_queues_and_a_cancelled_run_stays_resumable(pair_and_data, tmp_path, reap):
+    models, data = pair_and_data
+    long_run = jobs.submit("transfer", {"config": _config(models, data, steps_per_stage=100_000),
+                                        "out": str(tmp_path / "runs" / "long")})
+    short_run = jobs.submit("transfer", {"config": _config(models, data), "out": str(tmp_path / "runs" / "short")})
+    reap.append(jobs.ensure_worker())
+
+    def training_first_stage():
+        job = jobs.get_job(long_run.id)
+        stage = next((s for s in job.stages if s["name"] == "stage-000"), None)
+        return stage is not None and stage["done"] >= 2 and job
+
+    job = _wait(training_first_stage, what="the long run to train")
+    assert job.state == "running" and [s["name"] for s in job.stages][:2] == ["load_source", "load_target"]
+    assert [s["state"] for s in job.stages if s["name"] in jobs.PRE_TRAINING_STAGES] == ["done"] * 6
+    assert isinstance(next(s for s in job.stages if s["name"] == "stage-000")["loss"], float)
+    # The second job waits, and says for what.
+    assert jobs.get_job(short_run.id).state == "queued"
+    assert "waiting for transfer v1 addition.jsonl" in jobs.queue_message(jobs.get_job(short_run.id))
+    # A second worker finds the lock taken and leaves at once, running nothing.
+    second = subprocess.run([sys.executable, "-m", "pkt_core.jobs", "worker", "--idle-exit", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert "ran 0 job(s)" in second.stdout, second.stderr
+    assert jobs.worker_alive()
+
+    jobs.cancel(long_run.id)
+    cancelled = _wait(lambda: jobs.get_job(long_run.id).state == "cancelled" and jobs.get_job(long_run.id),
+                      what="the cancel")
+    assert "cancelled" in cancelled.status["error"].lower()
+    partial = json.loads((tmp_path / "runs" / "long.partial" / "manifest.json").read_text())
+    assert partial["status"] == "cancelled" and not (tmp_path / "runs" / "long").exists()
+
+    done = _wait(lambda: jobs.get_job(short_run.id).finished and jobs.get_job(short_run.id), what="the short run")
+    assert done.state == "done", done.status.get("error")
+    run = open_run(done.status["result"])
+    assert run.manifest["status"] == "complete" and run.manifest["config"]["data_file"] == str(data)
+    assert all(stage["state"] == "done" and stage["done"] == stage["total"] for stage in done.stages)
+    assert [s["name"] for s in done.stages][-1] == "probe_after"
+
+
+def test_a_queued_job_cancelled_never_starts_and_a_dead_worker_is_noticed(pair_and_data):
+    models, data = pair_and_data
+    job = jobs.submit("transfer", {"config": _config(models, data)})
+    assert jobs.cancel(job.id).state == "cancelled"
+    assert jobs.run_job(jobs.get_job(job.id)).state == "cancelled"  # the worker skips it
+    orphan = jobs.submit("transfer", {"config": _config(models, data)})
+    status = {**orphan.status, "state": "running", "pid": 2 ** 22 + 12345}  # no such process
+    (orphan.folder / "status.json").write_text(json.dumps(status))
+    read = jobs.get_job(orphan.id)
+    assert read.state == "failed" and "ended without finishing" in read.status["error"]
+    with pytest.raises(jobs.JobError, match="no job"):
+        jobs.get_job("missing")
+
+
+def test_new_run_page_submits_to_the_worker_follows_progress_and_the_run_appears(pair_and_data, isolated_pkt_home,
+                                                                                 reap):
+    from streamlit.testing.v1 import AppTest
+
+    (source, target), data = pair_and_data
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("views/new_run.py").run()
+    assert not at.exception
+    # The registered pair is not cached here: the page says so and offers the fetch.
+    assert "Not in the model cache" in at.warning[0].value
+    assert any(button.key == "new_fetch" for button in at.button)
+
+    at.radio(key="new_who").set_value("your own models").run()
+    at.text_input(key="new_source").set_value(str(source))
+    at.text_input(key="new_target").set_value(str(target))
+    at.radio(key="new_data_kind").set_value("data file").run()
+    at.text_input(key="new_data_file").set_value(str(data))
+    at.number_input(key="new_align").set_value(8)
+    at.number_input(key="new_probes").set_value(4)
+    at.number_input(key="new_steps").set_value(1)
+    at.number_input(key="new_max_tokens").set_value(16)
+    at.text_input(key="new_stages").set_value("0-1")
+    at.button(key="new_submit").click().run()
+    assert not at.exception
+    assert "Submitted" in at.success[0].value
+    [job] = jobs.list_jobs()
+    assert job.params["config"]["stages"] == [0, 1] and job.params["config"]["steps_per_stage"] == 1
+    reap.append(jobs.ensure_worker())  # the page started one already: this finds it working
+    done = _wait(lambda: jobs.get_job(job.id).finished and jobs.get_job(job.id), what="the page's run")
+    assert done.state == "done", done.status.get("error")
+
+    at.run()
+    assert not at.exception
+    assert f"Run written to `{done.status['result']}`" in texts(at)
+    progress = [bar.proto.text for bar in at.get("progress")]
+    assert any("frontier stage: target layer 1: done" in text for text in progress)
+    assert not any("target layer 2" in text for text in progress)  # stages 0-1 only
+    at.button(key=f"explore-{job.id}").click().run()
+    assert at.session_state["current_run"] == done.status["result"]
+    at.switch_page("views/runs.py").run()
+    table = next(frame.value for frame in at.dataframe if "gains" in frame.value.columns)
+    assert done.status["result"] in list(table["folder"])

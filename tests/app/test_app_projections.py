@@ -1,0 +1,114 @@
+"""Projections page: PCA of the pooled probe states matches an independent computation; the layer
+slider, colouring and UMAP parameters change what is drawn; correctness comes from the evaluation."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("streamlit")
+
+from app_fixtures import chart, decode  # noqa: E402
+
+
+def _points(at):
+    figure = chart(at, "projection")
+    return {trace["name"]: np.column_stack([decode(trace["x"]), decode(trace["y"])]) for trace in figure["data"]}
+
+
+def _reference_pca(run, target_layer, source_layer):
+    """PCA by hand: unit rows, source carried by M, centred SVD (signs are free, so compare |scores|)."""
+    from safetensors.numpy import load_file
+
+    pooled = load_file(str(run / "probe_activations.safetensors"))
+    cross = load_file(str(run / "cross_map.safetensors"))["cross_map"].astype(np.float64)
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    source = unit(unit(pooled[f"source.layer.{source_layer}"].astype(np.float64)) @ cross.T)
+    before = unit(pooled[f"target_before.layer.{target_layer}"].astype(np.float64))
+    after = unit(pooled[f"target_after.layer.{target_layer}"].astype(np.float64))
+    stacked = np.vstack([source, before, after])
+    centred = stacked - stacked.mean(0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    scores = u[:, :2] * s[:2]
+    n = len(source)
+    return {"source": scores[:n], "target before": scores[n:2 * n], "target after": scores[2 * n:]}
+
+
+def test_pca_points_match_an_independent_pca_and_the_layer_slider_changes_them(app_test, app_run):
+    at = app_test("views/projections.py")
+    mappings = json.loads((app_run / "mappings.json").read_text())
+    table = mappings["mappings"][mappings["chosen"]]["table"]
+    layer = at.slider(key="projection_target_layer").value
+    mapped = table[layer]["source_layers"][int(np.argmax(table[layer]["weights"]))]
+    drawn = _points(at)
+    expected = _reference_pca(app_run, layer, mapped)
+    assert set(drawn) == set(expected)
+    for name in expected:
+        np.testing.assert_allclose(np.abs(drawn[name]), np.abs(expected[name]), atol=1e-6)
+    at.slider(key="projection_target_layer").set_value(0).run()
+    moved = _points(at)
+    mapped0 = table[0]["source_layers"][int(np.argmax(table[0]["weights"]))]
+    for name, points in _reference_pca(app_run, 0, mapped0).items():
+        np.testing.assert_allclose(np.abs(moved[name]), np.abs(points), atol=1e-6)
+    assert not np.allclose(np.abs(moved["target after"]), np.abs(drawn["target after"]))
+    # Back to the first layer: the cached result, the same picture.
+    at.slider(key="projection_target_layer").set_value(layer).run()
+    again = _points(at)
+    for name in drawn:
+        np.testing.assert_array_equal(again[name], drawn[name])
+
+
+def test_target_space_and_free_source_layer(app_test, app_run):
+    at = app_test("views/projections.py")
+    at.radio(key="projection_space").set_value("target").run()
+    assert set(_points(at)) == {"target before", "target after"}
+    at.radio(key="projection_space").set_value("joint").run()
+    at.toggle(key="projection_follow_map").set_value(False).run()
+    at.slider(key="projection_source_layer").set_value(3).run()
+    layer = at.slider(key="projection_target_layer").value
+    for name, points in _reference_pca(app_run, layer, 3).items():
+        np.testing.assert_allclose(np.abs(_points(at)[name]), np.abs(points), atol=1e-6)
+
+
+def test_colour_by_correctness_uses_the_evaluated_outcomes_of_the_probe_items(app_test, app_run):
+    at = app_test("views/projections.py")
+    at.radio(key="projection_colour").set_value("correctness").run()
+    assert not at.exception
+    figure = chart(at, "projection")
+    manifest = json.loads((app_run / "manifest.json").read_text())
+    probes = manifest["data"]["probe_ids"]
+    items = pq.read_table(app_run / "evaluation" / "mmlu" / "target_after" / "items.parquet").to_pydict()
+    score = dict(zip(items["item_id"], items["score"]))
+    assert all(p in score for p in probes)  # MMLU probes are evaluation items of the run
+    expected_correct = sum(score[p] == 1.0 for p in probes)
+    # hover data: model, probe id, label, correct
+    after_outcomes = []
+    for trace in figure["data"]:
+        for row in trace["customdata"]:
+            if row[0] == "target_after":
+                after_outcomes.append((row[1], row[3]))
+    assert len(after_outcomes) == len(probes)
+    assert sum(outcome == "correct" for _, outcome in after_outcomes) == expected_correct
+    assert all((outcome == "correct") == (score[probe] == 1.0) for probe, outcome in after_outcomes)
+    at.radio(key="projection_colour").set_value("label").run()
+    names = {trace["name"] for trace in chart(at, "projection")["data"]}
+    assert names == set(manifest["data"]["probe_labels"])
+
+
+def test_umap_parameters_change_the_embedding(app_test):
+    pytest.importorskip("umap")
+    at = app_test("views/projections.py")
+    at.radio(key="projection_method").set_value("umap").run()
+    assert not at.exception
+    at.number_input(key="projection_neighbours").set_value(5).run()
+    first = _points(at)
+    at.number_input(key="projection_seed").set_value(7).run()
+    second = _points(at)
+    assert not np.allclose(first["target after"], second["target after"])
+    at.number_input(key="projection_seed").set_value(0).run()  # back: the cached embedding
+    for name in first:
+        np.testing.assert_array_equal(_points(at)[name], first[name])
