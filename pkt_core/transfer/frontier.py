@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,9 +21,13 @@ from pkt_core.errors import PktError
 from pkt_core.loading import LoadedModel
 from pkt_core.transfer import losses as loss_functions
 from pkt_core.transfer.alignment_data import TokenisedSamples
+from pkt_core.transfer.attribution import answer_loss
 from pkt_core.transfer.config import TransferConfig
-from pkt_core.transfer.lora import LoRALinear, attach_lora, merge_lora
+from pkt_core.transfer.lora import DEFAULT_LORA_TARGETS, LoRALinear, attach_lora, detach_lora
 from pkt_core.transfer.supervision import Supervision
+
+if TYPE_CHECKING:
+    from pkt_core.transfer.run_skeleton import RunContext
 
 PAPER_VERSION = "v2-reconstructed"
 StepCallback = Callable[[str, int, float], None]
@@ -152,6 +157,8 @@ def stage_losses(
         logits = outputs.answer_logits.float()
         answers = batch.next_tokens()[batch.prediction_mask()].to(logits.device)
         terms["output_cosine"] = loss_functions.output_cosine_loss(logits, answers)
+    if "answer_ce" in weights:
+        terms["answer_ce"] = answer_loss(outputs.answer_logits, batch)
     if "output_kl" in weights:
         logits = outputs.answer_logits.float()
         rows = torch.cat([torch.arange(answer_offsets[i], answer_offsets[i + 1]) for i in indices])
@@ -222,9 +229,13 @@ def train_stage(
         if config.trainable == "lora":
             for name, module in block.named_modules():
                 if isinstance(module, LoRALinear):
-                    lora_factors[f"{prefix}{name}.weight.lora_b"] = (module.scale * module.lora_b).detach().clone()
-                    lora_factors[f"{prefix}{name}.weight.lora_a"] = module.lora_a.detach().clone()
-            merge_lora(block)
+                    scaled_b, a = module.scaled_factors()
+                    lora_factors[f"{prefix}{name}.weight.lora_b"] = scaled_b
+                    lora_factors[f"{prefix}{name}.weight.lora_a"] = a
+            detach_lora(block)
+            # Merge with the arithmetic of apply_weight_delta, so that the saved factors re-applied
+            # to the untouched target give exactly these weights.
+            apply_weight_delta(model, lora_factors)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
     if config.trainable == "lora":
@@ -232,7 +243,64 @@ def train_stage(
     after = block.state_dict()
     delta = {f"{prefix}{name}": (after[name] - value).detach().clone()
              for name, value in before.items() if not torch.equal(after[name], value)}
+    # ``before + (after - before)`` may differ from ``after`` in the last bit: keep the weights a
+    # replay of the saved delta gives, so a run's delta rebuilds its target exactly.
+    with torch.no_grad():
+        for name, value in before.items():
+            if f"{prefix}{name}" in delta:
+                after[name].copy_(value)
+    apply_weight_delta(model, delta)
     return records, delta
+
+
+def run_frontier_schedule(context: "RunContext", supervision: Supervision) -> dict[str, torch.Tensor]:
+    """Train every configured target layer, shallow to deep, as one resumable stage each.
+
+    Shared by SemAlign and the controls (kd, finetune), which differ only in ``config.losses``
+    and the ``supervision`` they bring. A finished stage of a resumed run is replayed from its
+    checkpointed delta. Returns the weight delta of all stages together.
+    """
+    config, target, stages, writer = context.config, context.target, context.stages, context.writer
+    delta: dict[str, torch.Tensor] = {}
+    loss_rows = context.loss_rows()
+    for k in sorted(frontier_layers(target, config)):
+        name = f"stage-{k:03d}"
+        if stages.done(name):
+            stage_delta = writer.checkpoint(name)
+            apply_weight_delta(target.model, stage_delta)
+            delta.update(stage_delta)
+            continue
+        records, stage_delta = stages.run(
+            name, lambda k=k: train_stage(target, k, context.alignment, supervision, config, context.on_progress,
+                                          context.should_cancel),
+            lambda result: result[1])
+        delta.update(stage_delta)
+        loss_rows.extend(records)
+        context.save_loss_rows(loss_rows)
+    return delta
+
+
+def frontier_layers(target: LoadedModel, config: TransferConfig) -> list[int]:
+    """The target layers the frontier schedule trains (``config.stages``, default all)."""
+    count = target.adapter.num_layers
+    layers = list(config.stages) if config.stages is not None else list(range(count))
+    bad = [k for k in layers if not 0 <= k < count]
+    if bad:
+        raise PktError(f"stages {bad} are not target layers (0..{count - 1})")
+    return layers
+
+
+def frontier_trainable_parameters(target: LoadedModel, config: TransferConfig) -> int:
+    """Parameters trainable at any one stage (the largest frontier layer)."""
+    layers = target.adapter.decoder_layers()
+    chosen = frontier_layers(target, config)
+    if config.trainable == "lora":
+        total = 0
+        for name, module in layers[0].named_modules():
+            if name.split(".")[-1] in DEFAULT_LORA_TARGETS and isinstance(module, torch.nn.Linear):
+                total += config.lora_rank * (module.in_features + module.out_features)
+        return total
+    return max(sum(p.numel() for p in layers[k].parameters()) for k in chosen)
 
 
 def apply_weight_delta(model: torch.nn.Module, delta: dict[str, torch.Tensor]) -> None:

@@ -19,6 +19,8 @@ LOSS_PAPER_VERSIONS = {
     "relation": "v2-reconstructed",
     "fisher_logit": "v2-acl-reconstructed",
     "output_kl": "distillation term (all versions)",
+    "answer_ce": "LM loss on the answer tokens (controls and peer methods)",
+    "delta_penalty": "Tan et al. ACL 2025: MSE(delta, 0) on the hypernetworks' outputs",
 }
 
 

@@ -1,0 +1,397 @@
+"""The run every transfer method shares, so that methods differ only in how they train.
+
+One skeleton for SemAlign and its peers (docs/method.md section 6): load the pair, draw the
+alignment samples and probes, write the manifest, take probe activations and target x source
+CKA before training (and, optionally, SemAlign's decomposition fidelity), score the source and
+the untouched target, hand over to the method's trainer, then take probe activations and CKA
+after training, score the transferred target, and write the weight delta. Every step is a
+timed, resumable stage (:class:`RunStages`), so every method reports wall time and peak memory
+per stage, and the manifest carries the same fields whatever the method.
+
+A method is a :class:`TransferMethod`: a trainer ``(RunContext) -> TrainedTransfer``, and
+optionally a check of the pair (before any work) and a preparation step (before the probes).
+The trainer may add stages and artefacts of its own; when it returns, the target in memory
+holds the transferred weights and ``TrainedTransfer.delta`` turns the untouched target into them
+(:func:`pkt_core.transfer.frontier.apply_weight_delta`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pkt_core.capture import position_ids_from_mask
+from pkt_core.loading import LoadedModel, load_model
+from pkt_core.paths import pkt_home
+from pkt_core.resource_monitor import PeakMemoryMonitor
+from pkt_core.run_store import RunWriter
+from pkt_core.similarity import layer_similarity_matrix
+from pkt_core.transfer import semantic_bases
+from pkt_core.transfer.alignment_data import AlignmentSample, TokenisedSamples, tokenise_samples
+from pkt_core.transfer.config import TransferConfig
+from pkt_core.transfer.frontier import TransferCancelled, frontier_layers
+from pkt_core.transfer.losses import LOSS_PAPER_VERSIONS
+from pkt_core.transfer.supervision import _final_norm_cpu, collect_layer_states
+from pkt_core.transfer.task_samples import load_alignment_and_probes
+from pkt_core.vocabulary import compare_vocabularies
+
+ProgressCallback = Callable[[str, int, float], None]
+CKA_MAX_ROWS = 1024
+STAGE_LOSSES = "stage_losses.parquet"
+WEIGHT_DELTA = "target_delta.safetensors"
+LORA_DELTA_FORMAT = "lora factors (name.lora_b @ name.lora_a)"
+FULL_DELTA_FORMAT = "full tensor deltas"
+METHOD_NAMES = {"semalign": "SemAlign", "seeking": "Seeking Neural Nuggets", "laten": "LaTen",
+                "kd": "Logit distillation", "finetune": "Fine-tuning"}
+
+
+class RunStages:
+    """Runs named stages once each, timing them and recording them in the manifest."""
+
+    def __init__(self, writer: RunWriter, on_progress: ProgressCallback | None, should_cancel) -> None:
+        self.writer = writer
+        self.on_progress = on_progress
+        self.should_cancel = should_cancel
+
+    def done(self, name: str) -> bool:
+        return name in self.writer.finished_stages()
+
+    def run(self, name: str, work: Callable[[], object], checkpoint: Callable[[object], dict] | None = None):
+        if self.should_cancel is not None and self.should_cancel():
+            raise TransferCancelled(f"cancelled before stage {name}")
+        if self.on_progress:
+            self.on_progress(name, 0, float("nan"))
+        with PeakMemoryMonitor() as monitor:
+            result = work()
+        self.writer.record_stage(name, monitor.cost.to_record())
+        self.writer.finish_stage(name, checkpoint(result) if checkpoint else None)
+        return result
+
+
+@dataclass
+class RunContext:
+    """What a method's trainer gets: the pair, the tokenised data and the run being written."""
+
+    config: TransferConfig
+    source: LoadedModel
+    target: LoadedModel
+    alignment: TokenisedSamples  # tokenised with the target's tokenizer (one vocabulary)
+    probes: TokenisedSamples
+    writer: RunWriter
+    stages: RunStages
+    on_progress: ProgressCallback | None
+    should_cancel: Callable[[], bool] | None
+    cka_before: np.ndarray  # target layers x source layers, linear CKA on probe tokens
+
+    def loss_rows(self) -> list[dict]:
+        """Per-step loss rows written so far (a resumed run continues them)."""
+        return read_table(self.writer.path(STAGE_LOSSES)) if self.writer.has(STAGE_LOSSES) else []
+
+    def save_loss_rows(self, rows: list[dict]) -> None:
+        self.writer.save_table(STAGE_LOSSES, rows)
+
+    def set_method_details(self, details: dict) -> None:
+        """The method's own record in the manifest (selected layers, shapes, sizes, ...)."""
+        self.writer.manifest["method_details"] = details
+        self.writer.write_manifest()
+
+
+@dataclass
+class TrainedTransfer:
+    delta: dict[str, torch.Tensor]
+    delta_format: str  # FULL_DELTA_FORMAT or LORA_DELTA_FORMAT
+    trainable_parameters: int  # what the optimizer updates at once (per stage for the frontier methods)
+
+
+Trainer = Callable[[RunContext], TrainedTransfer]
+# Refuses a pair the method cannot handle (raises a PktError) before any work is done.
+PairCheck = Callable[[LoadedModel, LoadedModel, TransferConfig], None]
+# Work of the method's own that runs (as stages) before the probes, e.g. SemAlign's bases.
+Preparation = Callable[[RunStages, RunWriter, LoadedModel, LoadedModel], None]
+
+
+@dataclass(frozen=True)
+class TransferMethod:
+    train: Trainer
+    check_pair: PairCheck | None = None
+    prepare: Preparation | None = None
+
+
+def default_run_folder(config: TransferConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    what = config.task or Path(config.data_file or "data").stem
+    return pkt_home() / "runs" / f"{stamp}-{config.method}-{config.variant}-{what}"
+
+
+def probe_token_mask(probes: TokenisedSamples) -> torch.Tensor:
+    """Probe tokens that count for CKA: not padding, not position 0 (massive activations)."""
+    return probes.attention_mask.bool() & (position_ids_from_mask(probes.attention_mask) > 0)
+
+
+def probe_rows(
+    loaded: LoadedModel, probes: TokenisedSamples, batch_size: int, subset: torch.Tensor
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Per layer: the ``subset`` of probe token rows and the per-sequence means of resid_post."""
+    layers = list(range(loaded.adapter.num_layers))
+    states = collect_layer_states(loaded, probes, layers, {"block_output"}, batch_size)
+    keep = probe_token_mask(probes)
+    tokens = {l: states.states[(l, "block_output")][keep][subset] for l in layers}
+    weights = keep.float().unsqueeze(-1)
+    means = {l: (states.states[(l, "block_output")] * weights).sum(1) / weights.sum(1).clamp(min=1) for l in layers}
+    return tokens, means
+
+
+def row_subset(count: int, seed: int) -> torch.Tensor:
+    if count <= CKA_MAX_ROWS:
+        return torch.arange(count)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(count, generator=generator)[:CKA_MAX_ROWS].sort().values
+
+
+def layer_cka_record(rows_a: dict[int, torch.Tensor], rows_b: dict[int, torch.Tensor]) -> dict:
+    layers_a = [rows_a[l].double().numpy() for l in sorted(rows_a)]
+    layers_b = [rows_b[l].double().numpy() for l in sorted(rows_b)]
+    matrix = layer_similarity_matrix(layers_a, layers_b, "linear_cka")
+    return {"metric": matrix.metric, "values": matrix.values.tolist(), "n_rows": int(matrix.n_rows),
+            "notes": list(matrix.notes), "rows": "probe tokens, position 0 and padding dropped"}
+
+
+def read_table(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def run_with_skeleton(
+    config: TransferConfig,
+    method: TransferMethod,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_progress: ProgressCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    source: LoadedModel | None = None,
+    target: LoadedModel | None = None,
+    samples: tuple[list[AlignmentSample], list[AlignmentSample], str] | None = None,
+) -> Path:
+    """Run ``method`` inside the shared skeleton and return the finished run folder."""
+    started = time.monotonic()
+    folder = Path(out_dir) if out_dir is not None else default_run_folder(config)
+    if source is None:
+        source = load_model(config.source, dtype=config.dtype, device=config.source_device)
+    if target is None:
+        target = load_model(config.target, dtype=config.dtype, device=config.target_device)
+    vocabulary = compare_vocabularies(source.tokenizer, target.tokenizer)
+    method_name = METHOD_NAMES[config.method]
+    vocabulary_mode = vocabulary.require_compatible(method_name, allow_shared_subset=config.allow_shared_subset)
+    if vocabulary_mode != "full":
+        from pkt_core.errors import PktError
+
+        raise PktError(
+            f"{method_name} runs source and target on the same token ids and needs one tokenizer; the "
+            "shared-token subset is supported for the pair check and the semantic bases only so far "
+            "(pkt_core.transfer.semantic_bases)."
+        )
+    if method.check_pair is not None:
+        method.check_pair(source, target, config)
+    alignment, probes, data_description = samples or load_alignment_and_probes(
+        config.task, config.data_file, config.align_samples, config.probe_samples, config.seed)
+    torch.manual_seed(config.seed)
+    manifest = {
+        "run_id": folder.name,
+        "kind": "transfer",
+        "method": config.method,
+        "variant": config.variant,
+        "paper_version": config.paper_version,
+        "pair": config.pair,
+        "source": source.describe(),
+        "target": target.describe(),
+        "task": config.task,
+        "config": config.to_record(),
+        "losses": {name: {"weight": w, "paper_version": LOSS_PAPER_VERSIONS[name]} for name, w in config.losses.items()},
+        "data": {"description": data_description,
+                 "alignment_ids": [s.sample_id for s in alignment],
+                 "probe_ids": [s.sample_id for s in probes],
+                 "probe_labels": [s.label for s in probes]},
+        "seeds": {"seed": config.seed},
+        "vocabulary": vocabulary.summary(),
+    }
+    writer = RunWriter(folder, manifest, resume=resume, overwrite=overwrite)
+    stages = RunStages(writer, on_progress, should_cancel)
+    try:
+        _run(config, method, source, target, alignment, probes, writer, stages, on_progress, should_cancel)
+        writer.manifest["wall_seconds"] = round(time.monotonic() - started, 3)
+        writer.manifest["cost"] = _cost_summary(writer.manifest)
+        writer.manifest["artefacts"] = _artefact_list(writer)
+        return writer.finish()
+    except (TransferCancelled, KeyboardInterrupt) as error:
+        writer.fail("cancelled", error)
+        raise
+    except BaseException as error:
+        writer.fail("failed", error)
+        raise
+
+
+def _run(config, method: TransferMethod, source, target, alignment, probes, writer, stages, on_progress,
+         should_cancel) -> None:
+    if config.uses_frontier_schedule:
+        frontier_layers(target, config)  # refuse bad --stages before any work
+    tokenised = tokenise_samples(target.tokenizer, alignment, config.max_tokens)
+    probe_tokens = tokenise_samples(target.tokenizer, probes, config.max_tokens)
+    if method.prepare is not None:
+        method.prepare(stages, writer, source, target)
+
+    # Probe activations before training: projections, CKA and fidelity read them. CKA uses at
+    # most CKA_MAX_ROWS probe tokens, a seeded subset fixed for the whole run.
+    subset = row_subset(int(probe_token_mask(probe_tokens).sum()), config.seed)
+    writer.manifest["data"]["cka_rows"] = int(subset.numel())
+
+    def probe_before():
+        source_tokens, source_means = probe_rows(source, probe_tokens, config.batch_size, subset)
+        target_tokens, target_means = probe_rows(target, probe_tokens, config.batch_size, subset)
+        return source_tokens, source_means, target_tokens, target_means
+
+    if stages.done("probe_before"):
+        saved = writer.checkpoint("probe_before")
+        unpack = lambda prefix: {int(k.split(".")[-1]): v for k, v in saved.items() if k.startswith(prefix + ".")}
+        source_tokens, source_means = unpack("source_tokens"), unpack("source_means")
+        target_tokens, target_means = unpack("target_tokens"), unpack("target_means")
+    else:
+        source_tokens, source_means, target_tokens, target_means = stages.run(
+            "probe_before", probe_before,
+            lambda r: {**{f"source_tokens.{l}": v for l, v in r[0].items()}, **{f"source_means.{l}": v for l, v in r[1].items()},
+                       **{f"target_tokens.{l}": v for l, v in r[2].items()}, **{f"target_means.{l}": v for l, v in r[3].items()}})
+
+    if config.fidelity and not stages.done("fidelity"):
+        stages.run("fidelity", lambda: writer.save_table("fidelity.parquet", _fidelity_rows(
+            config, source, target, source_tokens, target_tokens)))
+    if not stages.done("cka_before"):
+        stages.run("cka_before", lambda: writer.save_json("cka_target_source_before.json",
+                                                          layer_cka_record(target_tokens, source_tokens)))
+    cka_before = np.array(json.loads(writer.path("cka_target_source_before.json").read_text())["values"])
+
+    for task in config.eval_tasks:
+        _evaluate_role(stages, writer, source, task, "source", config.eval_limit)
+        _evaluate_role(stages, writer, target, task, "target_before", config.eval_limit)
+
+    context = RunContext(config, source, target, tokenised, probe_tokens, writer, stages, on_progress, should_cancel,
+                         cka_before)
+    trained = method.train(context)
+    writer.manifest["trainable_parameters"] = int(trained.trainable_parameters)
+
+    def probe_after():
+        after_tokens, after_means = probe_rows(target, probe_tokens, config.batch_size, subset)
+        writer.save_json("cka_target_source_after.json", layer_cka_record(after_tokens, source_tokens))
+        writer.save_json("cka_target_before_after.json", layer_cka_record(target_tokens, after_tokens))
+        pooled = {f"source.layer.{l}": v for l, v in source_means.items()}
+        pooled.update({f"target_before.layer.{l}": v for l, v in target_means.items()})
+        pooled.update({f"target_after.layer.{l}": v for l, v in after_means.items()})
+        writer.save_tensors("probe_activations.safetensors", {k: v.to(torch.float16) for k, v in pooled.items()})
+
+    stages.run("probe_after", probe_after)
+    if config.eval_tasks:
+        transferred = transferred_view(target, trained.delta, writer.manifest["run_id"])
+        for task in config.eval_tasks:
+            _evaluate_role(stages, writer, transferred, task, "target_after", config.eval_limit)
+            _record_comparison(writer, task)
+    if config.save_weights_delta:
+        writer.save_tensors(WEIGHT_DELTA, trained.delta)
+    writer.manifest["weights_delta"] = {
+        "file": WEIGHT_DELTA if config.save_weights_delta else None,
+        "format": trained.delta_format,
+        "tensors": len(trained.delta),
+    }
+
+
+def _cost_summary(manifest: dict) -> dict:
+    """Wall time, peak memory and trainable parameters in one place, for cost-next-to-gain views."""
+    records = manifest.get("stages", {}).values()
+    gpu = [r["peak_gpu_mib"] for r in records if r.get("peak_gpu_mib") is not None]
+    return {
+        "wall_seconds": manifest["wall_seconds"],
+        "stage_wall_seconds": round(sum(r["wall_seconds"] for r in records), 3),
+        "peak_rss_mib": max((r["peak_rss_mib"] for r in records), default=None),
+        "peak_gpu_mib": max(gpu) if gpu else None,
+        "trainable_parameters": manifest.get("trainable_parameters"),
+    }
+
+
+def _artefact_list(writer: RunWriter) -> list[str]:
+    """Files of the finished run (what a reader may open), relative to its folder."""
+    skip = {"manifest.json", "progress.json"}
+    return sorted(str(p.relative_to(writer.partial)) for p in writer.partial.rglob("*")
+                  if p.is_file() and p.name not in skip and not p.name.endswith(".tmp")
+                  and p.relative_to(writer.partial).parts[0] != "checkpoints")
+
+
+def transferred_view(target: LoadedModel, delta: dict[str, torch.Tensor], run_id: str) -> LoadedModel:
+    """The trained target under its own identity: result caches must never mistake it for the
+    untouched target, so its fingerprint folds in a digest of the weight delta."""
+    digest = hashlib.sha256(target.fingerprint.encode())
+    for key in sorted(delta):
+        digest.update(key.encode())
+        digest.update(delta[key].detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    location = dataclasses.replace(target.location, display_name=f"{target.name} after {run_id}")
+    return dataclasses.replace(target, fingerprint=f"{target.fingerprint}+{digest.hexdigest()[:16]}", location=location)
+
+
+def _evaluate_role(stages: RunStages, writer: RunWriter, loaded: LoadedModel, task: str, role: str, limit: int | None) -> None:
+    """Score one model on one task into ``evaluation/<task>/<role>/`` (items.parquet, summary.json)."""
+    from pkt_core.evaluation.runner import EvalOptions, evaluate
+
+    name = f"eval-{task}-{role}"
+    if stages.done(name):
+        return
+    folder = writer.path(f"evaluation/{task}/{role}")
+
+    def work():
+        result = evaluate(loaded, EvalOptions(task=task, limit=limit), out=folder)
+        evaluation = writer.manifest.setdefault("evaluation", {}).setdefault(task, {})
+        evaluation[role] = {"metrics": result.summary["metrics"], "items": int(len(result.items)),
+                            "subset": result.summary["subset"], "model": loaded.name}
+        writer.write_manifest()
+
+    stages.run(name, work)
+
+
+def _record_comparison(writer: RunWriter, task: str) -> None:
+    from pkt_core.evaluation.runner import compare_evaluations
+
+    comparison = compare_evaluations(writer.path(f"evaluation/{task}/target_before"),
+                                     writer.path(f"evaluation/{task}/target_after"))
+    writer.save_json(f"evaluation/{task}/comparison_target_before_after.json", comparison.as_dict())
+    writer.manifest["evaluation"][task]["comparison_target_before_after"] = comparison.as_dict()
+    writer.write_manifest()
+
+
+def _fidelity_rows(config, source, target, source_tokens, target_tokens) -> list[dict]:
+    """Per model and layer: fidelity with output-side (LM head) and input-side (embedding) bases."""
+    rows = []
+    for role, loaded, tokens in (("source", source, source_tokens), ("target", target, target_tokens)):
+        head = loaded.adapter.lm_head().weight
+        embedding = loaded.adapter.input_embeddings().weight
+        tied, relative = semantic_bases.heads_are_tied(head, embedding)
+        norm = _final_norm_cpu(loaded) if config.apply_final_norm else (lambda x: x)
+        operators = {
+            "output": semantic_bases.recomposition_operator(
+                semantic_bases.cached_semantic_basis(head, loaded.fingerprint, "output"), config.coefficients),
+            "input": semantic_bases.recomposition_operator(
+                semantic_bases.cached_semantic_basis(embedding, loaded.fingerprint, "input"), config.coefficients),
+        }
+        for layer, states in tokens.items():
+            normed = norm(states)
+            for side, operator in operators.items():
+                result = semantic_bases.decomposition_fidelity(normed, operator)
+                rows.append({"model": role, "layer": layer, "bases": side, "coefficients": config.coefficients,
+                             "final_norm": config.apply_final_norm, "mean_cosine": result.mean_cosine,
+                             "std_cosine": result.std_cosine, "rows": result.rows,
+                             "head_and_embedding_tied": tied, "head_embedding_relative_difference": relative})
+    return rows
