@@ -28,23 +28,6 @@ def parse_layer_list(text: str | None) -> tuple[int, ...] | None:
     return tuple(layers)
 
 
-def _tqdm_progress():
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def report(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            unit = "B" if stage == "join" else "step"
-            bars[stage] = tqdm(total=total, desc=stage, unit=unit, unit_scale=stage == "join", leave=True)
-        bar = bars[stage]
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return report
-
-
 def command_models_list(args: argparse.Namespace) -> int:
     from pkt_core.model_catalogue import catalogue_rows
 
@@ -70,6 +53,7 @@ def command_models_list(args: argparse.Namespace) -> int:
 
 
 def command_models_fetch(args: argparse.Namespace) -> int:
+    from pkt_core.progress_bars import stage_progress_bars
     from pkt_core.provisioning import fetch_model, is_cached
     from pkt_core.registry import names_to_fetch
 
@@ -78,7 +62,7 @@ def command_models_fetch(args: argparse.Namespace) -> int:
             print(f"{name}: already cached")
             continue
         print(f"{name}: fetching ({args.source})")
-        path = fetch_model(name, source=args.source, on_progress=_tqdm_progress(), keep_downloads=args.keep_downloads)
+        path = fetch_model(name, source=args.source, on_progress=stage_progress_bars(units={"join": "B"}), keep_downloads=args.keep_downloads)
         print(f"{name}: ready at {path}")
     return 0
 

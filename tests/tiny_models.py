@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 from pkt_core.loading import wrap_loaded_model
 from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
+from pkt_core.transfer.alignment_data import AlignmentSample
 
 FAMILY_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_neox")
 
@@ -20,3 +23,13 @@ SAMPLE_TEXTS = [
     "Knowledge moves from a large model to a small one, layer by layer.",
     "print('hello')",
 ]
+
+
+def addition_samples(count: int, seed: int) -> list[AlignmentSample]:
+    """"a+b=" -> last digit of a + b: a task a 4-layer model learns in seconds."""
+    rng = random.Random(seed)
+    samples = []
+    for index in range(count):
+        a, b = rng.randrange(10), rng.randrange(10)
+        samples.append(AlignmentSample(f"{seed}-{index}", f"{a}+{b}=", str((a + b) % 10), label=str(a)))
+    return samples

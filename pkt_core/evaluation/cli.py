@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pkt_core.errors import PktError
 from pkt_core.evaluation.tasks import TASKS
+from pkt_core.progress_bars import stage_progress_bars
 
 STAGE_LABELS = {"model": "model", "execute": "run code"}
 
@@ -49,19 +50,7 @@ def add_eval_parser(subcommands) -> None:
 
 
 def _progress_bars():
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def report(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = tqdm(total=total, desc=STAGE_LABELS.get(stage, stage), unit="item", leave=True)
-        bar = bars[stage]
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return report
+    return stage_progress_bars(labels=STAGE_LABELS, default_unit="item")
 
 
 def command_eval(args: argparse.Namespace) -> int:

@@ -11,16 +11,7 @@ import random
 from pkt_core.loading import LoadedModel, wrap_loaded_model
 from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
 from pkt_core.transfer.alignment_data import AlignmentSample
-
-
-def addition_samples(count: int, seed: int) -> list[AlignmentSample]:
-    """"a+b=" -> last digit of a + b."""
-    rng = random.Random(seed)
-    samples = []
-    for index in range(count):
-        a, b = rng.randrange(10), rng.randrange(10)
-        samples.append(AlignmentSample(f"{seed}-{index}", f"{a}+{b}=", str((a + b) % 10), label=str(a)))
-    return samples
+from tiny_models import addition_samples  # noqa: F401  (re-exported for the tests here)
 
 
 def tiny_pair(family: str = "qwen2", source_layers: int = 4, target_layers: int = 3, source_width: int = 64,

@@ -10,16 +10,7 @@ from pkt_core.capture import position_ids_from_mask
 from pkt_core.loading import wrap_loaded_model
 from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
 from pkt_core.transfer.alignment_data import AlignmentSample, tokenise_samples
-
-
-def addition_samples(count: int, seed: int) -> list[AlignmentSample]:
-    """"a+b=" -> last digit of a + b: a task a 4-layer model learns in seconds."""
-    rng = random.Random(seed)
-    samples = []
-    for index in range(count):
-        a, b = rng.randrange(10), rng.randrange(10)
-        samples.append(AlignmentSample(f"{seed}-{index}", f"{a}+{b}=", str((a + b) % 10), label=str(a)))
-    return samples
+from tiny_models import addition_samples  # noqa: F401  (re-exported for the tests here)
 
 
 def copy_first_operand_samples(count: int, seed: int) -> list[AlignmentSample]:
