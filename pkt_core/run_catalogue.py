@@ -49,7 +49,7 @@ def default_run_roots(repository_root: Path | None = None) -> list[Path]:
 def read_run(folder: Path) -> RunListing:
     manifest_path = folder / MANIFEST_FILE
     if folder.name.endswith(".partial"):
-        return RunListing(folder, None, "unfinished: the run was interrupted before it was written out")
+        return _read_partial(folder, manifest_path)
     if not manifest_path.is_file():
         return RunListing(folder, None, f"no {MANIFEST_FILE}: not a run, or a run that never started")
     try:
@@ -62,6 +62,22 @@ def read_run(folder: Path) -> RunListing:
     if status != "complete":
         return RunListing(folder, manifest, f"status is {status!r}, not complete")
     return RunListing(folder, manifest, None)
+
+
+def _read_partial(folder: Path, manifest_path: Path) -> RunListing:
+    """A run still being written: running, or stopped (failed, cancelled) and resumable."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return RunListing(folder, None, "unfinished: the run stopped before it wrote a readable manifest")
+    if not isinstance(manifest, dict):
+        return RunListing(folder, None, "unfinished: the run stopped before it wrote a readable manifest")
+    status = manifest.get("status", "unknown")
+    if status == "running":
+        finished = len(manifest.get("stages", {}))
+        return RunListing(folder, manifest, f"in progress ({finished} stages finished so far), or stopped abruptly")
+    error = f": {manifest['error']}" if manifest.get("error") else ""
+    return RunListing(folder, manifest, f"{status}{error}; continue it with the same command and --resume")
 
 
 def list_runs(roots: list[Path]) -> list[RunListing]:

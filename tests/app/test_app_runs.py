@@ -58,7 +58,7 @@ def test_broken_runs_are_listed_with_their_reason_and_never_as_results(app_test,
     assert list(complete["run_id"]) == [app_run.name]
     reasons = dict(zip(broken["run_id"], broken["problem"]))
     assert "manifest.json is corrupt" in reasons["corrupt"]
-    assert "unfinished" in reasons["half.partial"]
+    assert reasons["half.partial"].startswith("cancelled") and "--resume" in reasons["half.partial"]
     assert "status is 'failed'" in reasons["failed-run"]
     assert "3 run folder(s) are incomplete or unreadable" in at.warning[0].value
     # The broken runs cannot be picked for exploring.
