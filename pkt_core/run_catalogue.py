@@ -38,9 +38,15 @@ class RunListing:
 
 
 def default_run_roots(repository_root: Path | None = None) -> list[Path]:
-    """The shipped ``cached_runs/`` of the repository, then the user's ``$PKT_HOME/runs``."""
+    """The shipped runs (``$PKT_CACHED_RUNS``, default the repository's ``cached_runs/``), then
+    the user's ``$PKT_HOME/runs``."""
+    import os
+
     roots = []
-    if repository_root is not None:
+    shipped = os.environ.get("PKT_CACHED_RUNS")
+    if shipped:
+        roots.append(Path(shipped))
+    elif repository_root is not None:
         roots.append(repository_root / "cached_runs")
     roots.append(pkt_home() / "runs")
     return roots

@@ -13,6 +13,9 @@ def isolated_pkt_home(tmp_path_factory, monkeypatch):
     """Every test gets its own PKT_HOME, so no test sees the user's cache or another test's files."""
     home = tmp_path_factory.mktemp("pkt_home")
     monkeypatch.setenv("PKT_HOME", str(home))
+    # The app's shipped runs too: tests see only the runs they make (tests/test_app.py checks the
+    # repository's cached_runs/ on purpose).
+    monkeypatch.setenv("PKT_CACHED_RUNS", str(tmp_path_factory.mktemp("cached_runs")))
     return home
 
 

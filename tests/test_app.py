@@ -27,3 +27,24 @@ def test_runs_page_lists_complete_and_broken_runs(isolated_pkt_home):
     assert not app.exception
     assert len(app.dataframe) == 2
     assert "1 run folder(s) are incomplete" in app.warning[0].value
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "cached_runs"
+PAGES = ["views/alignment.py", "views/mapping.py", "views/projections.py", "views/benchmarks.py"]
+
+
+def test_the_app_opens_on_the_shipped_runs(monkeypatch):
+    """What a fresh clone shows: every run in cached_runs/ is complete and every page draws it."""
+    from pkt_core.run_catalogue import list_runs
+
+    shipped = list_runs([SHIPPED])
+    if not shipped:
+        pytest.skip("cached_runs/ holds no run yet")
+    assert all(listing.complete for listing in shipped), [l.problem for l in shipped if not l.complete]
+    monkeypatch.setenv("PKT_CACHED_RUNS", str(SHIPPED))
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    assert not app.exception
+    assert not app.warning  # nothing broken among the shipped runs
+    for page in PAGES:
+        app.switch_page(page).run()
+        assert not app.exception, (page, app.exception)
