@@ -13,6 +13,13 @@ error. ``cancel(job_id)`` drops a ``cancel`` flag file that the job's ``should_c
 between steps; a cancelled transfer keeps its resumable ``.partial`` folder. A worker that
 dies (killed, out of memory) leaves a job ``running`` with a dead pid; readers mark it failed.
 
+Models stay loaded between jobs: the worker keeps a :class:`~pkt_core.model_pool.ModelPool`, so
+the next run on the same pair starts without loading (and no model is ever held twice). A job
+that changed a model (a transfer trains its target in place) has it evicted afterwards. The
+worker lists what it holds in ``worker.json``; :func:`request_unload` (the app's "Unload
+models", or ``python -m pkt_core.jobs unload``) frees them, and a worker idle for
+``$PKT_JOBS_IDLE_EXIT`` seconds (default 900) exits, which frees them too.
+
 Kinds: ``transfer`` (params: ``config``, the :class:`~pkt_core.transfer.config.TransferConfig`
 fields as ``pkt transfer`` builds them, and optionally ``out`` and ``resume``) and ``fetch``
 (params: ``name``, a registered model or pair, and ``source``: auto, hub or mirror).
@@ -35,9 +42,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pkt_core.errors import PktError
 from pkt_core.paths import pkt_home
+
+if TYPE_CHECKING:
+    from pkt_core.model_pool import ModelPool
+    from pkt_core.transfer.config import TransferConfig
 
 KINDS = ("transfer", "fetch")
 ACTIVE_STATES = ("queued", "running")
@@ -48,7 +60,8 @@ CANCEL = "cancel"
 LOG = "log.txt"
 LOCK = "worker.lock"
 WORKER_RECORD = "worker.json"
-PRE_TRAINING_STAGES = ("bases", "probe_before", "fidelity", "cka_before", "attribution", "supervision")
+UNLOAD = "unload"
+DEFAULT_IDLE_EXIT_SECONDS = 900.0
 
 
 class JobError(PktError):
@@ -260,9 +273,10 @@ def worker_alive() -> bool:
 def ensure_worker(idle_exit: float | None = None, python: str | None = None) -> subprocess.Popen | None:
     """Start a worker process when jobs are queued and none is working; returns it (or None).
 
-    The worker exits after ``idle_exit`` seconds without work (default ``$PKT_JOBS_IDLE_EXIT``, else 60)."""
+    The worker exits after ``idle_exit`` seconds without work (default ``$PKT_JOBS_IDLE_EXIT``, else
+    900: models stay loaded that long after the last job unless unloaded)."""
     if idle_exit is None:
-        idle_exit = float(os.environ.get("PKT_JOBS_IDLE_EXIT", "60"))
+        idle_exit = float(os.environ.get("PKT_JOBS_IDLE_EXIT", DEFAULT_IDLE_EXIT_SECONDS))
     if not any(job.state == "queued" for job in list_jobs()) or worker_alive():
         return None
     jobs_dir().mkdir(parents=True, exist_ok=True)
@@ -279,11 +293,15 @@ def ensure_worker(idle_exit: float | None = None, python: str | None = None) -> 
         log.close()
 
 
-def run_worker(idle_exit: float = 60.0, poll_seconds: float = 0.5) -> int:
-    """Work through the queue; exit after ``idle_exit`` seconds without a queued job.
+def run_worker(idle_exit: float = DEFAULT_IDLE_EXIT_SECONDS, poll_seconds: float = 0.5,
+               pool: "ModelPool | None" = None) -> int:
+    """Work through the queue, keeping models loaded between jobs; exit after ``idle_exit`` seconds
+    without a queued job.
 
     Returns the number of jobs run. A second worker finds the lock taken and returns 0 at once.
     """
+    from pkt_core.model_pool import ModelPool
+
     jobs_dir().mkdir(parents=True, exist_ok=True)
     handle = open(jobs_dir() / LOCK, "a")
     try:
@@ -291,14 +309,23 @@ def run_worker(idle_exit: float = 60.0, poll_seconds: float = 0.5) -> int:
     except BlockingIOError:
         handle.close()
         return 0
+    pool = pool if pool is not None else ModelPool()
     ran = 0
+    record = {"pid": os.getpid(), "started_at": _now()}
     try:
-        _write_json(jobs_dir() / WORKER_RECORD, {"pid": os.getpid(), "started_at": _now()})
+        _write_worker_record(record, pool)
         idle_since = time.monotonic()
         while True:
+            if (jobs_dir() / UNLOAD).exists():
+                record["last_unload"] = {"at": _now(), "models": pool.unload()}
+                (jobs_dir() / UNLOAD).unlink(missing_ok=True)
+                _write_worker_record(record, pool)
             queued = [job for job in list_jobs() if job.state == "queued"]
             if queued:
-                run_job(queued[0])
+                _write_worker_record({**record, "job": queued[0].id}, pool)
+                run_job(queued[0], pool)
+                record["evicted_after_last_job"] = pool.after_job()
+                _write_worker_record(record, pool)
                 ran += 1
                 idle_since = time.monotonic()
                 continue
@@ -306,12 +333,36 @@ def run_worker(idle_exit: float = 60.0, poll_seconds: float = 0.5) -> int:
                 break
             time.sleep(poll_seconds)
     finally:
+        pool.unload()
+        _write_worker_record({**record, "ended_at": _now()}, pool)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
     # A job queued between the last look and the unlock would wait for nobody: look once more.
     if any(job.state == "queued" for job in list_jobs()):
-        ran += run_worker(idle_exit, poll_seconds)
+        ran += run_worker(idle_exit, poll_seconds, pool)
     return ran
+
+
+def _write_worker_record(record: dict, pool: "ModelPool") -> None:
+    _write_json(jobs_dir() / WORKER_RECORD, {**record, "models": pool.held(), "updated_at": _now()})
+
+
+def held_models() -> list[dict]:
+    """The models the worker holds loaded now (empty when no worker runs)."""
+    record = _read_json(jobs_dir() / WORKER_RECORD) or {}
+    if not worker_alive() or record.get("ended_at"):
+        return []
+    return list(record.get("models") or [])
+
+
+def request_unload() -> bool:
+    """Ask the worker to unload every model it holds (between jobs, within a poll interval).
+
+    Returns whether a worker is there to do it; with none, nothing is loaded anyway."""
+    if not worker_alive():
+        return False
+    (jobs_dir() / UNLOAD).write_text(_now())
+    return True
 
 
 class _Reporter:
@@ -385,8 +436,8 @@ class _Reporter:
             self.last_write = now
 
 
-def run_job(job: Job) -> Job:
-    """Run one queued job in this process and record how it ended."""
+def run_job(job: Job, pool: "ModelPool | None" = None) -> Job:
+    """Run one queued job in this process and record how it ended (models from ``pool`` when given)."""
     if job.cancel_requested:
         job.status = {**job.status, "state": "cancelled", "message": "cancelled before it started", "ended_at": _now()}
         _write_json(job.folder / STATUS, job.status)
@@ -404,7 +455,7 @@ def run_job(job: Job) -> Job:
     say(f"job {job.id} ({job.kind}) started by worker pid {os.getpid()}")
     try:
         if job.kind == "transfer":
-            result = _run_transfer(job, reporter, should_cancel, say)
+            result = _run_transfer(job, reporter, should_cancel, say, pool)
         elif job.kind == "fetch":
             result = _run_fetch(job, reporter, should_cancel, say)
         else:
@@ -431,45 +482,89 @@ def run_job(job: Job) -> Job:
     return job
 
 
-def transfer_plan(num_target_layers: int, stages: list[int] | None, steps_per_stage: int) -> list[tuple[str, str, int]]:
-    """(name, label, total steps) of every stage :func:`run_transfer` reports, in order."""
-    labels = {"bases": "semantic bases and cross-model map", "probe_before": "probe activations (before)",
-              "fidelity": "decomposition fidelity", "cka_before": "layer CKA (before)",
-              "attribution": "source attribution", "supervision": "source supervision"}
-    plan = [(name, labels[name], 1) for name in PRE_TRAINING_STAGES]
-    trained = sorted(stages) if stages is not None else range(num_target_layers)
-    plan += [(f"stage-{k:03d}", f"frontier stage: target layer {k}", steps_per_stage) for k in trained]
-    plan.append(("probe_after", "probe activations, CKA (after) and write-out", 1))
+def transfer_plan(config: "TransferConfig", num_target_layers: int, alignment_samples: int | None = None
+                  ) -> list[tuple[str, str, int]]:
+    """(name, label, total steps) of every stage :func:`~pkt_core.transfer.pipeline.run_transfer`
+    reports for ``config.method``, in the order it runs them."""
+    from pkt_core.peers.training import minibatch_order
+    from pkt_core.transfer.config import FRONTIER_METHODS
+
+    plan: list[tuple[str, str, int]] = []
+    if config.method == "semalign":
+        plan.append(("bases", "semantic bases and cross-model map", 1))
+    plan.append(("probe_before", "probe activations (before)", 1))
+    if config.fidelity:
+        plan.append(("fidelity", "decomposition fidelity", 1))
+    plan.append(("cka_before", "layer CKA (before)", 1))
+    for task in config.eval_tasks:
+        plan += [(f"eval-{task}-source", f"evaluate the source on {task}", 1),
+                 (f"eval-{task}-target_before", f"evaluate the target (before) on {task}", 1)]
+    if config.method == "semalign":
+        plan += [("attribution", "source attribution", 1), ("supervision", "source supervision", 1)]
+    elif config.method == "kd":
+        plan.append(("source_logits", "source answer distributions", 1))
+    if config.method in FRONTIER_METHODS:
+        trained = sorted(config.stages) if config.stages is not None else range(num_target_layers)
+        plan += [(f"stage-{k:03d}", f"frontier stage: target layer {k}", config.steps_per_stage) for k in trained]
+    else:
+        steps = len(minibatch_order(alignment_samples or config.align_samples, config.batch_size, config.epochs or 1, 0))
+        if config.method == "seeking":
+            plan += [("extraction", "sensitivity and sub-block extraction from the source", 1),
+                     ("training", "LoRA fine-tuning from the extracted knowledge", steps)]
+        elif config.method == "laten":
+            plan += [("location", "logit-lens attribution and neuron pairing", 1),
+                     ("hypernetworks", "hypernetwork training", steps)]
+    plan.append(("probe_after", "probe activations and CKA (after)", 1))
+    plan += [(f"eval-{task}-target_after", f"evaluate the target (after) on {task}", 1) for task in config.eval_tasks]
     return plan
 
 
-def _run_transfer(job: Job, reporter: _Reporter, should_cancel: Callable[[], bool], say) -> str:
+# Progress labels of whole-model training loops -> the stage they belong to.
+_TRAINING_LABELS = {"seeking": "training", "laten": "hypernetworks"}
+
+
+def _run_transfer(job: Job, reporter: _Reporter, should_cancel: Callable[[], bool], say,
+                  pool: "ModelPool | None" = None) -> str:
     from pkt_core.loading import load_model
     from pkt_core.transfer.config import TransferConfig
     from pkt_core.transfer.pipeline import default_run_folder, run_transfer
 
     config = TransferConfig(**job.params["config"])
     out = Path(job.params.get("out") or default_run_folder(config))
-    reporter.plan([("load_source", f"load source {config.source}", 1), ("load_target", f"load target {config.target}", 1)])
-    reporter.start("load_source")
-    source = load_model(config.source, dtype=config.dtype, device=config.source_device)
-    say(f"loaded source {config.source}")
-    if should_cancel():
-        raise JobCancelled("cancelled after loading the source")
-    reporter.start("load_target")
-    target = load_model(config.target, dtype=config.dtype, device=config.target_device)
-    say(f"loaded target {config.target}")
-    plan = transfer_plan(target.adapter.num_layers, config.stages, config.steps_per_stage)
-    reporter.plan([("load_source", f"load source {config.source}", 1), ("load_target", f"load target {config.target}", 1)]
-                  + plan)
-    names = {name for name, _, _ in plan}
+    loading = [("load_source", f"load source {config.source}", 1), ("load_target", f"load target {config.target}", 1)]
+    reporter.plan(loading)
+    source_request = (config.source, config.dtype, config.source_device)
+    target_request = (config.target, config.dtype, config.target_device)
+    if pool is not None:
+        from pkt_core.model_pool import pool_key
+
+        held = [request[0] for request in (source_request, target_request) if pool_key(*request) in pool]
+        reporter.start("load_source")
+        source, target = pool.get_pair(source_request, target_request)
+        reporter.start("load_target")
+        say("models ready" + (f"; already loaded in the worker: {', '.join(held)}" if held else ""))
+    else:
+        reporter.start("load_source")
+        source = load_model(config.source, dtype=config.dtype, device=config.source_device)
+        say(f"loaded source {config.source}")
+        if should_cancel():
+            raise JobCancelled("cancelled after loading the source")
+        reporter.start("load_target")
+        target = load_model(config.target, dtype=config.dtype, device=config.target_device)
+        say(f"loaded target {config.target}")
+    plan = transfer_plan(config, target.adapter.num_layers)
+    reporter.plan(loading + plan)
+    totals = {name: total for name, _, total in plan}
 
     def progress(stage: str, step: int, loss: float) -> None:
-        if stage in names:
+        if stage in totals:
             reporter.start(stage)
         elif stage.startswith("stage "):
             name = f"stage-{int(stage.split()[1]):03d}"
             reporter.step(name, step + 1, config.steps_per_stage, loss=float(loss))
+        elif stage in _TRAINING_LABELS:
+            name = _TRAINING_LABELS[stage]
+            reporter.step(name, step + 1, totals.get(name), loss=float(loss))
 
     try:
         folder = run_transfer(config, out_dir=out, resume=bool(job.params.get("resume")), on_progress=progress,
@@ -507,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="work through the queue (exits when another worker holds the lock)")
     worker.add_argument("--idle-exit", type=float, default=60.0, help="seconds without a queued job before exiting")
-    commands.add_parser("list", help="every job and its state")
+    commands.add_parser("list", help="every job and its state, and the models the worker holds")
+    commands.add_parser("unload", help="ask the worker to unload the models it keeps between jobs")
     stop = commands.add_parser("cancel", help="cancel a queued or running job")
     stop.add_argument("job_id")
     args = parser.parse_args(argv)
@@ -518,6 +614,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for job in list_jobs():
             print(f"{job.id}\t{job.state}\t{job.title()}\t{job.status.get('result') or job.status.get('error') or ''}")
+        for model in held_models():
+            print(f"loaded in the worker: {model['name']} ({model['dtype']}, {model['device']}, {model['weight_mib']} MiB)")
+        return 0
+    if args.command == "unload":
+        print("unload requested" if request_unload() else "no worker is running: nothing is loaded")
         return 0
     job = cancel(args.job_id)
     print(f"{job.id}: {job.state}{' (cancel requested)' if job.state == 'running' else ''}")

@@ -3,6 +3,8 @@
 The work happens in a separate worker process (``python -m pkt_core.jobs worker``), one heavy
 job at a time per machine; this page only writes a request and reads status files, so it (and
 every other browser tab) stays responsive, and the models live in the worker, never in the app.
+The worker keeps them loaded between runs (each model once) until "Unload models" or until it has
+been idle for ``$PKT_JOBS_IDLE_EXIT`` seconds; the page lists what it holds.
 """
 
 from __future__ import annotations
@@ -48,13 +50,28 @@ if missing:
         jobs.ensure_worker()
         st.toast("Fetch queued")
 
-from pkt_core.transfer.config import LOSSES, MAPPINGS, VARIANTS  # noqa: E402
+from pkt_core.transfer.config import (  # noqa: E402
+    FRONTIER_METHODS,
+    LOSSES,
+    MAPPINGS,
+    METHOD_DEFAULTS,
+    METHODS,
+    VARIANTS,
+)
 
+METHOD_LABELS = {"semalign": "SemAlign", "seeking": "Seeking Neural Nuggets", "laten": "LaTen",
+                 "kd": "logit distillation (control)", "finetune": "plain fine-tuning (control)"}
 first, second, third = st.columns(3)
-method = first.selectbox("Method", ["semalign"], key="new_method")
-variant = second.selectbox("Variant", list(VARIANTS), key="new_variant",
-                           format_func=lambda v: f"{v}: {VARIANTS[v]['paper_version']}")
-mapping = third.selectbox("Layer map", ["(variant default)", *MAPPINGS], key="new_mapping")
+method = first.selectbox("Method", list(METHODS), key="new_method", format_func=lambda m: METHOD_LABELS.get(m, m))
+if method == "semalign":
+    variant = second.selectbox("Variant", list(VARIANTS), key="new_variant",
+                               format_func=lambda v: f"{v}: {VARIANTS[v]['paper_version']}")
+    mapping = third.selectbox("Layer map", ["(variant default)", *MAPPINGS], key="new_mapping")
+else:
+    variant, mapping = "", "(variant default)"
+    second.caption(f"{METHOD_LABELS[method]}: {METHODS[method]['paper_version']}; one preset, "
+                   f"losses {', '.join(f'{k}={w}' for k, w in METHODS[method]['losses'].items())}")
+defaults = METHOD_DEFAULTS[method]
 
 data_kind = st.radio("Data", ["task", "data file"], horizontal=True, key="new_data_kind")
 if data_kind == "task":
@@ -68,21 +85,30 @@ st.markdown("**Budget**")
 b1, b2, b3, b4 = st.columns(4)
 align_samples = b1.number_input("Alignment samples", 1, 100_000, 32, key="new_align")
 probe_samples = b2.number_input("Probe prompts", 1, 10_000, 48, key="new_probes")
-steps = b3.number_input("Steps per stage", 1, 100_000, 2, key="new_steps")
-batch_size = b4.number_input("Batch size", 1, 4096, 8, key="new_batch")
+if method in FRONTIER_METHODS:
+    steps, epochs = b3.number_input("Steps per stage", 1, 100_000, 2, key="new_steps"), None
+else:
+    steps, epochs = 2, b3.number_input("Epochs", 1, 10_000, int(defaults["epochs"]), key=f"new_epochs_{method}")
+batch_size = b4.number_input("Batch size", 1, 4096, int(defaults["batch_size"]), key=f"new_batch_{method}")
 c1, c2, c3, c4 = st.columns(4)
-learning_rate = c1.number_input("Learning rate", 1e-7, 1.0, 1e-4, format="%.1e", key="new_lr")
+learning_rate = c1.number_input("Learning rate", 1e-7, 1.0, float(defaults["learning_rate"]), format="%.1e",
+                                key=f"new_lr_{method}")
 max_tokens = c2.number_input("Max tokens", 8, 32_768, 256, key="new_max_tokens")
-trainable = c3.selectbox("Trainable", ["block", "lora"], key="new_trainable")
-stages_text = c4.text_input("Stages (target layers)", "all", key="new_stages", help="e.g. 0-5,8 or all")
+if method in FRONTIER_METHODS:
+    trainable = c3.selectbox("Trainable", ["block", "lora"], key="new_trainable")
+    stages_text = c4.text_input("Stages (target layers)", "all", key="new_stages", help="e.g. 0-5,8 or all")
+else:
+    trainable, stages_text = "block", "all"
 d1, d2, d3 = st.columns(3)
 dtype = d1.selectbox("dtype", ["fp32", "bf16", "fp16"], key="new_dtype")
 device = d2.text_input("Device", "cpu", key="new_device", help="cpu, cuda:N or auto")
 seed = d3.number_input("Seed", 0, 2**31 - 1, 0, key="new_seed")
-with st.expander("Loss weights (default: the variant's)"):
-    st.caption("Leave all at 0 to use the variant's preset: " + ", ".join(
-        f"{v}: {', '.join(f'{k}={w}' for k, w in VARIANTS[v]['losses'].items())}" for v in VARIANTS))
-    weights = {name: st.number_input(name, 0.0, 100.0, 0.0, key=f"new_loss_{name}") for name in LOSSES}
+weights: dict[str, float] = {}
+if method == "semalign":
+    with st.expander("Loss weights (default: the variant's)"):
+        st.caption("Leave all at 0 to use the variant's preset: " + ", ".join(
+            f"{v}: {', '.join(f'{k}={w}' for k, w in VARIANTS[v]['losses'].items())}" for v in VARIANTS))
+        weights = {name: st.number_input(name, 0.0, 100.0, 0.0, key=f"new_loss_{name}") for name in LOSSES}
 
 if st.button("Start run" if not missing else "Fetch models, then run", type="primary", key="new_submit",
              disabled=not (source and target)):
@@ -95,6 +121,7 @@ if st.button("Start run" if not missing else "Fetch models, then run", type="pri
             "data_file": data_file, "align_samples": int(align_samples), "probe_samples": int(probe_samples),
             "steps_per_stage": int(steps), "batch_size": int(batch_size), "learning_rate": float(learning_rate),
             "max_tokens": int(max_tokens), "trainable": trainable,
+            "epochs": int(epochs) if epochs is not None else None,
             "losses": {k: float(v) for k, v in weights.items() if v > 0},
             "mapping": "" if mapping == "(variant default)" else mapping,
             "stages": list(stages) if stages else None, "seed": int(seed), "dtype": dtype,
@@ -124,8 +151,15 @@ def job_panel() -> None:
     if not everything:
         st.caption("No jobs yet.")
         return
-    st.caption("Worker: " + ("working" if jobs.worker_alive() else "idle (starts when a job is queued)")
+    st.caption("Worker: " + ("running" if jobs.worker_alive() else "not running (starts when a job is queued)")
                + f"; job files under `{jobs.jobs_dir()}`.")
+    loaded = jobs.held_models()
+    if loaded:
+        names, action = st.columns([5, 1])
+        names.caption("Loaded in the worker, kept for the next run: " + "; ".join(
+            f"`{m['name']}` ({m['dtype']}, {m['device']}, {m['weight_mib']:,.0f} MiB)" for m in loaded))
+        action.button("Unload models", key="unload_models", on_click=jobs.request_unload,
+                      help="free the worker's memory now (it also unloads when idle for a while)")
     for job in reversed(everything[-10:]):
         with st.container(border=True):
             head, action = st.columns([5, 1])

@@ -84,7 +84,8 @@ def test_one_job_at_a_time_the_second_queues_and_a_cancelled_run_stays_resumable
 
     job = _wait(training_first_stage, what="the long run to train")
     assert job.state == "running" and [s["name"] for s in job.stages][:2] == ["load_source", "load_target"]
-    assert [s["state"] for s in job.stages if s["name"] in jobs.PRE_TRAINING_STAGES] == ["done"] * 6
+    pre_training = ["bases", "probe_before", "fidelity", "cka_before", "attribution", "supervision"]
+    assert [s["state"] for s in job.stages if s["name"] in pre_training] == ["done"] * 6
     assert isinstance(next(s for s in job.stages if s["name"] == "stage-000")["loss"], float)
     # The second job waits, and says for what.
     assert jobs.get_job(short_run.id).state == "queued"
@@ -166,3 +167,49 @@ def test_new_run_page_submits_to_the_worker_follows_progress_and_the_run_appears
     at.switch_page("views/runs.py").run()
     table = next(frame.value for frame in at.dataframe if "gains" in frame.value.columns)
     assert done.status["result"] in list(table["folder"])
+
+
+def test_peer_methods_are_offered_with_their_own_budget_and_submitted(pair_and_data):
+    from streamlit.testing.v1 import AppTest
+
+    from pkt_core.transfer.config import TransferConfig
+
+    (source, target), data = pair_and_data
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("views/new_run.py").run()
+    at.radio(key="new_who").set_value("your own models").run()
+    at.text_input(key="new_source").set_value(str(source))
+    at.text_input(key="new_target").set_value(str(target))
+    at.radio(key="new_data_kind").set_value("data file").run()
+    at.text_input(key="new_data_file").set_value(str(data))
+    at.selectbox(key="new_method").set_value("laten").run()
+    assert not at.exception
+    keys = {widget.key for widget in at.number_input}
+    assert "new_epochs_laten" in keys and "new_steps" not in keys  # LaTen trains by epochs, not frontier stages
+    assert at.number_input(key="new_batch_laten").value == 16  # the paper's examples per step
+    assert not [box for box in at.selectbox if box.key == "new_variant"]
+    at.number_input(key="new_epochs_laten").set_value(2)
+    at.button(key="new_submit").click().run()
+    assert not at.exception and "Submitted" in at.success[0].value
+    [job] = jobs.list_jobs()
+    assert job.params["config"]["method"] == "laten" and job.params["config"]["epochs"] == 2
+    plan = [name for name, _, _ in jobs.transfer_plan(TransferConfig(**job.params["config"]), 3)]
+    assert plan[-2:] == ["hypernetworks", "probe_after"] and "location" in plan and "stage-000" not in plan
+
+
+def test_the_page_lists_the_models_the_worker_holds_and_unloads_them(pair_and_data, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    models, data = pair_and_data
+    jobs.submit("transfer", {"config": _config(models, data)})
+    record = {"pid": 1, "models": [{"name": "qwen-coder-1.5b", "dtype": "fp32", "device": "cpu",
+                                    "weight_mib": 6790.0, "reference": "qwen-coder-1.5b", "uses": 2}]}
+    (jobs.jobs_dir() / jobs.WORKER_RECORD).write_text(json.dumps(record))
+    monkeypatch.setattr(jobs, "worker_alive", lambda: True)
+    monkeypatch.setattr(jobs, "ensure_worker", lambda *a, **k: None)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("views/new_run.py").run()
+    assert not at.exception
+    assert any("Loaded in the worker" in c.value and "qwen-coder-1.5b" in c.value for c in at.caption)
+    at.button(key="unload_models").click().run()
+    assert (jobs.jobs_dir() / jobs.UNLOAD).exists()
