@@ -6,6 +6,8 @@ anyone who wants to try the pipeline without fetching a real model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
@@ -16,11 +18,16 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 TINY_VOCAB_SIZE = 320  # >= 256 bytes + specials, rounded up
 
 
-def byte_level_tokenizer(padding_side: str = "right", permute_seed: int | None = None) -> PreTrainedTokenizerFast:
+def byte_level_tokenizer(
+    padding_side: str = "right", permute_seed: int | None = None, merges: Sequence[tuple[str, str]] = ()
+) -> PreTrainedTokenizerFast:
     """A byte-level tokenizer (one token per byte, no merges) with pad/bos/eos.
 
     ``permute_seed`` shuffles which id each byte gets: a tokenizer with the same strings but a
-    different string -> id map, for vocabulary-mismatch tests.
+    different string -> id map, for vocabulary-mismatch tests. ``merges`` (pairs of byte-level
+    strings, applied in order) adds one token per merge after the specials: a tokenizer that
+    splits some texts differently, for tests across tokenizers (keep the total under
+    ``TINY_VOCAB_SIZE``).
     """
     byte_strings = list(pre_tokenizers.ByteLevel.alphabet())
     byte_strings.sort()
@@ -31,7 +38,11 @@ def byte_level_tokenizer(padding_side: str = "right", permute_seed: int | None =
     vocab = {token: index for index, token in enumerate(byte_strings)}
     for special in SPECIAL_TOKENS:
         vocab[special] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    if len(vocab) > TINY_VOCAB_SIZE:
+        raise ValueError(f"{len(vocab)} tokens do not fit the tiny models' vocabulary of {TINY_VOCAB_SIZE}")
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(

@@ -65,6 +65,9 @@ def add_transfer_parser(commands) -> None:
     hyper.add_argument("--keep-first-position", action="store_true", help="keep position 0 in the layer losses")
     hyper.add_argument("--stages", help="target layers to train, e.g. 0-5 (default all)")
     hyper.add_argument("--seed", type=int, default=0)
+    hyper.add_argument("--allow-shared-subset", action="store_true",
+                       help="semalign with two different tokenizers: bases on the shared token strings, alignment "
+                            "per sequence (pooled states, anchor at the last prompt token); this project's extension")
     hyper.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=None,
                        help="decomposition-fidelity table (default: on for semalign, off for the peers)")
     peers = parser.add_argument_group("peer methods (seeking, laten)")
@@ -118,6 +121,7 @@ def run_transfer_command(args: argparse.Namespace) -> int:
         fidelity=args.fidelity, epochs=args.epochs, seeking_seed_samples=args.seed_samples,
         seeking_lora_dropout=args.lora_dropout, laten_top_layers=args.laten_layers,
         laten_neuron_fraction=args.neuron_fraction, laten_hidden_size=args.hypernet_hidden,
+        allow_shared_subset=args.allow_shared_subset,
     )
     out = args.out or default_run_folder(config)
     bar = tqdm(desc=args.method, unit="step")

@@ -123,6 +123,10 @@ def stage_losses(
 ) -> dict[str, torch.Tensor]:
     """Every configured loss term for one minibatch at the frontier ``layer`` (unweighted)."""
     outputs = forward_to_frontier(loaded, batch, layer, config.needs_final_logits())
+    if supervision.level == "sequence":
+        from pkt_core.transfer.sequence_alignment import sequence_stage_losses
+
+        return sequence_stage_losses(loaded, outputs, batch, indices, layer, supervision, config)
     device = outputs.resid_post.device
     index = torch.as_tensor(indices)
     length = batch.input_ids.shape[1]

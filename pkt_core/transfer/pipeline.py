@@ -19,9 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pkt_core.loading import LoadedModel
 from pkt_core.run_store import RunWriter
+from pkt_core.vocabulary import compare_vocabularies
 from pkt_core.transfer import semantic_bases
 from pkt_core.transfer.alignment_data import AlignmentSample
 from pkt_core.transfer.attribution import LayerAttribution, layer_gradient_x_activation
@@ -52,6 +54,7 @@ from pkt_core.transfer.run_skeleton import (  # noqa: F401  (re-exported: the pi
     run_with_skeleton,
     transferred_view,
 )
+from pkt_core.transfer.sequence_alignment import SEQUENCE_LEVEL, build_sequence_supervision
 from pkt_core.transfer.supervision import Supervision, _final_norm_cpu, build_supervision, collect_layer_states
 
 # Attribution keeps every layer's activations of the source for the backward pass: small
@@ -109,10 +112,23 @@ def _sites_for(config: TransferConfig) -> set[str]:
     return sites or {"block_output"}
 
 
+def shared_token_pairs(source: LoadedModel, target: LoadedModel) -> torch.Tensor | None:
+    """(k x 2) (source id, target id) of the strings both vocabularies hold; None for one vocabulary."""
+    vocabulary = compare_vocabularies(source.tokenizer, target.tokenizer)
+    return None if vocabulary.identical else torch.from_numpy(vocabulary.shared_pairs)
+
+
 def prepare_semalign(stages: RunStages, writer: RunWriter, source: LoadedModel, target: LoadedModel) -> None:
-    """Semantic bases and the cross-model map (bases cached on disk per model fingerprint)."""
-    source_basis = semantic_bases.cached_semantic_basis(source.adapter.lm_head().weight, source.fingerprint, "output")
-    target_basis = semantic_bases.cached_semantic_basis(target.adapter.lm_head().weight, target.fingerprint, "output")
+    """Semantic bases and the cross-model map (bases cached on disk per model fingerprint and
+    token subset: every token for one vocabulary, the index-aligned shared strings for two)."""
+    pairs = shared_token_pairs(source, target)
+    source_ids, target_ids = (None, None) if pairs is None else (pairs[:, 0], pairs[:, 1])
+    writer.manifest["semantic_bases"] = {"columns": "every token" if pairs is None
+                                         else f"{len(pairs)} shared token strings (index-aligned)"}
+    source_basis = semantic_bases.cached_semantic_basis(source.adapter.lm_head().weight, source.fingerprint, "output",
+                                                        source_ids)
+    target_basis = semantic_bases.cached_semantic_basis(target.adapter.lm_head().weight, target.fingerprint, "output",
+                                                        target_ids)
     cross_map = stages.run("bases", lambda: semantic_bases.cross_model_map(target_basis, source_basis),
                            lambda m: {"cross_map": m})
     writer.save_tensors(CROSS_MAP_FILE, {"cross_map": cross_map})
@@ -129,7 +145,8 @@ def train_semalign(context: RunContext) -> TrainedTransfer:
         table = read_table(writer.path("attribution.parquet"))
         attribution = LayerAttribution(np.array([r["abs"] for r in table]), np.array([r["signed"] for r in table]), len(tokenised))
     else:
-        attribution = stages.run("attribution", lambda: layer_gradient_x_activation(source, tokenised, ATTRIBUTION_BATCH_SIZE))
+        attribution = stages.run("attribution", lambda: layer_gradient_x_activation(source, context.source_samples,
+                                                                                     ATTRIBUTION_BATCH_SIZE))
         writer.save_table("attribution.parquet", attribution.table())
 
     mappings = _all_mappings(config, attribution, context.cka_before, num_source, num_target)
@@ -144,6 +161,13 @@ def train_semalign(context: RunContext) -> TrainedTransfer:
         supervision = Supervision.from_tensors(writer.load_tensors(SUPERVISION_FILE), config.apply_final_norm)
     else:
         def supervise():
+            if context.alignment_level == SEQUENCE_LEVEL:
+                return build_sequence_supervision(
+                    source, target, context.source_samples, tokenised, chosen, cross_map, sites, target_layers,
+                    config.apply_final_norm, _final_norm_cpu(source), _final_norm_cpu(target), config.batch_size,
+                    config.drop_first_position, shared_token_pairs(source, target),
+                    with_anchor_log_probs=bool(config.losses.get("output_kl")),
+                    with_anchor_states=bool(config.losses.get("fisher_logit")))
             before = collect_layer_states(target, tokenised, target_layers, sites, config.batch_size)
             return build_supervision(source, before, tokenised, chosen, cross_map, sites, target_layers,
                                      config.apply_final_norm, _final_norm_cpu(target), config.batch_size,

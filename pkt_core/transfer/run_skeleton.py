@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pkt_core.capture import position_ids_from_mask
+from pkt_core.errors import VocabularyMismatchError
 from pkt_core.loading import LoadedModel, load_model
 from pkt_core.paths import pkt_home
 from pkt_core.resource_monitor import PeakMemoryMonitor
@@ -39,6 +40,7 @@ from pkt_core.transfer.alignment_data import AlignmentSample, TokenisedSamples, 
 from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.frontier import TransferCancelled, frontier_layers
 from pkt_core.transfer.losses import LOSS_PAPER_VERSIONS
+from pkt_core.transfer.sequence_alignment import LEVEL_NOTE, SEQUENCE_LEVEL
 from pkt_core.transfer.supervision import _final_norm_cpu, collect_layer_states
 from pkt_core.transfer.task_samples import load_alignment_and_probes
 from pkt_core.vocabulary import compare_vocabularies
@@ -83,13 +85,21 @@ class RunContext:
     config: TransferConfig
     source: LoadedModel
     target: LoadedModel
-    alignment: TokenisedSamples  # tokenised with the target's tokenizer (one vocabulary)
+    alignment: TokenisedSamples  # tokenised with the target's tokenizer
     probes: TokenisedSamples
     writer: RunWriter
     stages: RunStages
     on_progress: ProgressCallback | None
     should_cancel: Callable[[], bool] | None
     cka_before: np.ndarray  # target layers x source layers, linear CKA on probe tokens
+    # The alignment samples in the source's own tokens (the same object as ``alignment`` when the
+    # pair shares one tokenizer), and "token" or "sequence" (sequence_alignment.py).
+    source_alignment: TokenisedSamples | None = None
+    alignment_level: str = "token"
+
+    @property
+    def source_samples(self) -> TokenisedSamples:
+        return self.source_alignment if self.source_alignment is not None else self.alignment
 
     def loss_rows(self) -> list[dict]:
         """Per-step loss rows written so far (a resumed run continues them)."""
@@ -156,12 +166,13 @@ def row_subset(count: int, seed: int) -> torch.Tensor:
     return torch.randperm(count, generator=generator)[:CKA_MAX_ROWS].sort().values
 
 
-def layer_cka_record(rows_a: dict[int, torch.Tensor], rows_b: dict[int, torch.Tensor]) -> dict:
+def layer_cka_record(rows_a: dict[int, torch.Tensor], rows_b: dict[int, torch.Tensor],
+                     rows: str = "probe tokens, position 0 and padding dropped") -> dict:
     layers_a = [rows_a[l].double().numpy() for l in sorted(rows_a)]
     layers_b = [rows_b[l].double().numpy() for l in sorted(rows_b)]
     matrix = layer_similarity_matrix(layers_a, layers_b, "linear_cka")
     return {"metric": matrix.metric, "values": matrix.values.tolist(), "n_rows": int(matrix.n_rows),
-            "notes": list(matrix.notes), "rows": "probe tokens, position 0 and padding dropped"}
+            "notes": list(matrix.notes), "rows": rows}
 
 
 def read_table(path: Path) -> list[dict]:
@@ -192,13 +203,13 @@ def run_with_skeleton(
     vocabulary = compare_vocabularies(source.tokenizer, target.tokenizer)
     method_name = METHOD_NAMES[config.method]
     vocabulary_mode = vocabulary.require_compatible(method_name, allow_shared_subset=config.allow_shared_subset)
-    if vocabulary_mode != "full":
-        from pkt_core.errors import PktError
-
-        raise PktError(
-            f"{method_name} runs source and target on the same token ids and needs one tokenizer; the "
-            "shared-token subset is supported for the pair check and the semantic bases only so far "
-            "(pkt_core.transfer.semantic_bases)."
+    alignment_level = "token" if vocabulary_mode == "full" else SEQUENCE_LEVEL
+    if alignment_level == SEQUENCE_LEVEL and config.method != "semalign":
+        raise VocabularyMismatchError(
+            f"{method_name} runs source and target on the same token ids and needs one tokenizer, but these "
+            f"tokenizers differ ({vocabulary.shared_tokens} of {vocabulary.target_size} target tokens shared). "
+            "Only SemAlign aligns across tokenizers (per sequence, over the shared tokens): use "
+            "--method semalign --allow-shared-subset, or pick a pair with one tokenizer."
         )
     if method.check_pair is not None:
         method.check_pair(source, target, config)
@@ -223,11 +234,14 @@ def run_with_skeleton(
                  "probe_labels": [s.label for s in probes]},
         "seeds": {"seed": config.seed},
         "vocabulary": vocabulary.summary(),
+        "alignment_level": {"level": alignment_level,
+                            "note": "token by token (one tokenizer)" if alignment_level == "token" else LEVEL_NOTE},
     }
     writer = RunWriter(folder, manifest, resume=resume, overwrite=overwrite)
     stages = RunStages(writer, on_progress, should_cancel)
     try:
-        _run(config, method, source, target, alignment, probes, writer, stages, on_progress, should_cancel)
+        _run(config, method, source, target, alignment, probes, writer, stages, on_progress, should_cancel,
+             alignment_level)
         writer.manifest["wall_seconds"] = round(time.monotonic() - started, 3)
         writer.manifest["cost"] = _cost_summary(writer.manifest)
         writer.manifest["artefacts"] = _artefact_list(writer)
@@ -241,21 +255,30 @@ def run_with_skeleton(
 
 
 def _run(config, method: TransferMethod, source, target, alignment, probes, writer, stages, on_progress,
-         should_cancel) -> None:
+         should_cancel, alignment_level: str = "token") -> None:
     if config.uses_frontier_schedule:
         frontier_layers(target, config)  # refuse bad --stages before any work
     tokenised = tokenise_samples(target.tokenizer, alignment, config.max_tokens)
     probe_tokens = tokenise_samples(target.tokenizer, probes, config.max_tokens)
+    across_tokenizers = alignment_level == SEQUENCE_LEVEL
+    # Two tokenizers: each model reads the same texts in its own tokens.
+    source_tokenised = tokenise_samples(source.tokenizer, alignment, config.max_tokens) if across_tokenizers else tokenised
+    source_probe_tokens = tokenise_samples(source.tokenizer, probes, config.max_tokens) if across_tokenizers else probe_tokens
     if method.prepare is not None:
         method.prepare(stages, writer, source, target)
 
     # Probe activations before training: projections, CKA and fidelity read them. CKA uses at
-    # most CKA_MAX_ROWS probe tokens, a seeded subset fixed for the whole run.
+    # most CKA_MAX_ROWS probe tokens, a seeded subset fixed for the whole run. Across tokenizers
+    # no token of one model has a partner in the other: target x source CKA compares the probe
+    # sequences' mean states instead.
     subset = row_subset(int(probe_token_mask(probe_tokens).sum()), config.seed)
-    writer.manifest["data"]["cka_rows"] = int(subset.numel())
+    source_subset = row_subset(int(probe_token_mask(source_probe_tokens).sum()), config.seed) if across_tokenizers else subset
+    writer.manifest["data"]["cka_rows"] = len(probes) if across_tokenizers else int(subset.numel())
+    cross_rows = ("probe sequence means (two tokenizers), position 0 and padding dropped" if across_tokenizers
+                  else "probe tokens, position 0 and padding dropped")
 
     def probe_before():
-        source_tokens, source_means = probe_rows(source, probe_tokens, config.batch_size, subset)
+        source_tokens, source_means = probe_rows(source, source_probe_tokens, config.batch_size, source_subset)
         target_tokens, target_means = probe_rows(target, probe_tokens, config.batch_size, subset)
         return source_tokens, source_means, target_tokens, target_means
 
@@ -274,8 +297,8 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
         stages.run("fidelity", lambda: writer.save_table("fidelity.parquet", _fidelity_rows(
             config, source, target, source_tokens, target_tokens)))
     if not stages.done("cka_before"):
-        stages.run("cka_before", lambda: writer.save_json("cka_target_source_before.json",
-                                                          layer_cka_record(target_tokens, source_tokens)))
+        stages.run("cka_before", lambda: writer.save_json("cka_target_source_before.json", layer_cka_record(
+            *((target_means, source_means) if across_tokenizers else (target_tokens, source_tokens)), cross_rows)))
     cka_before = np.array(json.loads(writer.path("cka_target_source_before.json").read_text())["values"])
 
     for task in config.eval_tasks:
@@ -283,13 +306,14 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
         _evaluate_role(stages, writer, target, task, "target_before", config.eval_limit)
 
     context = RunContext(config, source, target, tokenised, probe_tokens, writer, stages, on_progress, should_cancel,
-                         cka_before)
+                         cka_before, source_tokenised, alignment_level)
     trained = method.train(context)
     writer.manifest["trainable_parameters"] = int(trained.trainable_parameters)
 
     def probe_after():
         after_tokens, after_means = probe_rows(target, probe_tokens, config.batch_size, subset)
-        writer.save_json("cka_target_source_after.json", layer_cka_record(after_tokens, source_tokens))
+        writer.save_json("cka_target_source_after.json", layer_cka_record(
+            *((after_means, source_means) if across_tokenizers else (after_tokens, source_tokens)), cross_rows))
         writer.save_json("cka_target_before_after.json", layer_cka_record(target_tokens, after_tokens))
         pooled = {f"source.layer.{l}": v for l, v in source_means.items()}
         pooled.update({f"target_before.layer.{l}": v for l, v in target_means.items()})

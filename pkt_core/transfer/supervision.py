@@ -93,17 +93,26 @@ def _final_norm_cpu(loaded: LoadedModel):
 
 @dataclass
 class Supervision:
-    """Mapped, scale-matched source states per (target layer, site), plus source answer log-probs."""
+    """Mapped, scale-matched source states per (target layer, site), plus source answer log-probs.
+
+    ``level`` is ``token`` (one tokenizer: n x T x D per site, answer-position log-probs over the
+    vocabulary) or ``sequence`` (two tokenizers, :mod:`pkt_core.transfer.sequence_alignment`:
+    n x D pooled per site, anchor log-probs over the shared tokens ``shared_target_ids``)."""
 
     targets: dict[tuple[int, str], torch.Tensor]
     source_log_probs: torch.Tensor | None
     final_norm_applied: bool
+    level: str = "token"
+    shared_target_ids: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat dict for saving (resume reuses it instead of running the source again)."""
         flat = {f"target.{layer}.{site}": value for (layer, site), value in self.targets.items()}
         if self.source_log_probs is not None:
             flat["source_log_probs"] = self.source_log_probs
+        if self.shared_target_ids is not None:
+            flat["shared_target_ids"] = self.shared_target_ids
+        flat["sequence_level"] = torch.tensor([self.level == "sequence"])
         return flat
 
     @classmethod
@@ -113,7 +122,9 @@ class Supervision:
             if key.startswith("target."):
                 _, layer, site = key.split(".", 2)
                 targets[(int(layer), site)] = value
-        return cls(targets, tensors.get("source_log_probs"), final_norm_applied)
+        sequence = "sequence_level" in tensors and bool(tensors["sequence_level"].item())
+        return cls(targets, tensors.get("source_log_probs"), final_norm_applied,
+                   level="sequence" if sequence else "token", shared_target_ids=tensors.get("shared_target_ids"))
 
 
 def build_supervision(
