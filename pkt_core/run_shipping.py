@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pkt_core.atomic_files import replace_directory, write_json_atomic
-from pkt_core.run_reader import open_run
+from pkt_core.run_reader import RunReadError, open_run
 
 LEFT_OUT = ("target_delta.safetensors",)
 HALVED = ("cross_map.safetensors",)
@@ -42,3 +42,130 @@ def ship_run(run_folder: Path, destination_root: Path, reproduce_command: str) -
     write_json_atomic(staging / "manifest.json", manifest)
     replace_directory(staging, destination)
     return destination
+
+
+# -- the table of shipped runs ----------------------------------------------------------------
+
+METHOD_TITLES = {"semalign": "SemAlign", "seeking": "Seeking Neural Nuggets", "laten": "LaTen",
+                 "kd": "logit distillation (control)", "finetune": "plain fine-tuning (control)"}
+
+
+def _interval(value: dict | None) -> str:
+    if not value or value.get("mean") is None:
+        return "-"
+    if value.get("low") is None:
+        return f"{value['mean']:.3f}"
+    return f"{value['mean']:.3f} ({value['low']:.3f}-{value['high']:.3f})"
+
+
+def results_rows(root: Path) -> list[dict]:
+    """One row per (complete run under ``root``, evaluated task), read from the manifests only."""
+    from pkt_core.figures import primary_metric
+
+    rows = []
+    for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
+        try:
+            manifest = open_run(folder).manifest
+        except RunReadError:  # incomplete or corrupt: never a result
+            continue
+        method = METHOD_TITLES.get(manifest["method"], manifest["method"])
+        if manifest["method"] == "semalign":
+            method += f" {manifest['variant']}"
+        for task, evaluation in sorted((manifest.get("evaluation") or {}).items()):
+            before = evaluation.get("target_before", {}).get("metrics", {})
+            metric = primary_metric(task, before)
+            if metric is None:
+                continue
+            after = evaluation.get("target_after", {}).get("metrics", {})
+            source = evaluation.get("source", {}).get("metrics", {})
+            comparison = evaluation.get("comparison_target_before_after") or {}
+            # Runs written before the manifest had a cost summary: the same numbers from their stages.
+            stage_peaks = [r.get("peak_rss_mib") for r in (manifest.get("stages") or {}).values() if r.get("peak_rss_mib")]
+            cost = {"wall_seconds": manifest.get("wall_seconds"), "peak_rss_mib": max(stage_peaks, default=None),
+                    "trainable_parameters": manifest.get("trainable_parameters"), **(manifest.get("cost") or {})}
+            environment = manifest.get("environment") or {}
+            hardware = (", ".join(environment["gpus"]) if environment.get("gpus")
+                        else f"{environment.get('cpu_count', '?')}-core CPU")
+            rows.append({
+                "run": folder.name, "method": method, "alignment_task": manifest.get("task") or "file",
+                "alignment_samples": len(manifest["data"]["alignment_ids"]), "task": task, "metric": metric,
+                "items": evaluation.get("target_before", {}).get("items"),
+                "before": before.get(metric), "after": after.get(metric), "source": source.get(metric),
+                "right_to_wrong": comparison.get("right_to_wrong"), "wrong_to_right": comparison.get("wrong_to_right"),
+                "mcnemar_p": comparison.get("mcnemar_p"), "wall_seconds": cost.get("wall_seconds"),
+                "peak_rss_mib": cost.get("peak_rss_mib"), "trainable_parameters": cost.get("trainable_parameters"),
+                "hardware": hardware,
+            })
+    return rows
+
+
+def results_table(root: Path) -> str:
+    """The shipped runs as a Markdown table (what ``cached_runs/README.md`` and RESULTS.md show)."""
+    lines = ["| run | method | task (items), metric | target before | target after | flips (lost / gained), McNemar p "
+             "| source | trainable params | wall, peak RAM, hardware |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in results_rows(root):
+        flips = "-" if row["mcnemar_p"] is None else (
+            f"{row['right_to_wrong']} / {row['wrong_to_right']}, p = {row['mcnemar_p']:.2f}")
+        params = "-" if row["trainable_parameters"] is None else f"{row['trainable_parameters'] / 1e6:.1f} M"
+        wall = "-" if row["wall_seconds"] is None else f"{row['wall_seconds']:,.0f} s"
+        memory = "" if row["peak_rss_mib"] is None else f", {row['peak_rss_mib'] / 1024:.1f} GiB"
+        lines.append(f"| `{row['run']}` | {row['method']} | {row['task']} ({row['items']}), {row['metric']} "
+                     f"| {_interval(row['before'])} | {_interval(row['after'])} | {flips} | {_interval(row['source'])} "
+                     f"| {params} | {wall}{memory}, {row['hardware']} |")
+    return "\n".join(lines)
+
+
+BEGIN_MARK, END_MARK = "<!-- shipped-runs:begin (generated: python -m pkt_core.run_shipping readme) -->", \
+    "<!-- shipped-runs:end -->"
+
+
+def readme_section(root: Path) -> str:
+    """The generated part of ``cached_runs/README.md``: the table and each run's reproduce command."""
+    commands = []
+    for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
+        try:
+            shipped = open_run(folder).manifest.get("shipped") or {}
+        except RunReadError:
+            continue
+        if shipped.get("reproduce"):
+            commands.append(f"# {folder.name}\n{shipped['reproduce']}")
+    body = "\n\n".join(commands)
+    return f"{BEGIN_MARK}\n{results_table(root)}\n\nReproduce (each from a fresh clone):\n\n```bash\n{body}\n```\n{END_MARK}"
+
+
+def update_readme(root: Path) -> Path:
+    """Rewrite the generated section of ``<root>/README.md`` from the manifests."""
+    readme = Path(root) / "README.md"
+    text = readme.read_text()
+    start, end = text.index(BEGIN_MARK), text.index(END_MARK) + len(END_MARK)
+    readme.write_text(text[:start] + readme_section(root) + text[end:])
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pkt_core.run_shipping",
+                                     description="Ship a finished run into cached_runs/, or print the table of shipped runs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ship = commands.add_parser("ship", help="copy a finished run (without its weight delta) into a folder")
+    ship.add_argument("run_folder", type=Path)
+    ship.add_argument("--to", type=Path, default=Path("cached_runs"))
+    ship.add_argument("--reproduce", required=True, help="the command that recreates the run")
+    table = commands.add_parser("table", help="Markdown table of the complete runs in a folder")
+    table.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
+    readme = commands.add_parser("readme", help="rewrite the generated section of <root>/README.md")
+    readme.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
+    args = parser.parse_args(argv)
+    if args.command == "ship":
+        print(ship_run(args.run_folder, args.to, args.reproduce))
+    elif args.command == "readme":
+        print(update_readme(args.root))
+    else:
+        print(results_table(args.root))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,3 +44,42 @@ def test_the_cross_map_is_shipped_in_float16_within_its_rounding(tmp_path):
     assert relative <= 2.0 ** -11 + 1e-7
     assert (shipped / "cross_map.safetensors").stat().st_size < (run / "cross_map.safetensors").stat().st_size * 0.6
     assert open_run(shipped).manifest["shipped"]["stored_float16"] == ["cross_map.safetensors"]
+
+
+def test_the_shipped_runs_readme_is_what_the_manifests_say():
+    from pathlib import Path
+
+    from pkt_core.run_shipping import BEGIN_MARK, END_MARK, readme_section
+
+    root = Path(__file__).resolve().parents[1] / "cached_runs"
+    text = (root / "README.md").read_text()
+    generated = text[text.index(BEGIN_MARK): text.index(END_MARK) + len(END_MARK)]
+    assert generated == readme_section(root), "run `python -m pkt_core.run_shipping readme` after shipping a run"
+    assert generated.count("| `") >= 1
+
+
+def test_the_results_table_reads_each_task_of_each_complete_run(tmp_path):
+    from pkt_core.run_shipping import results_rows, results_table
+
+    def metric(mean):
+        return {"acc": {"mean": mean, "low": mean - 0.05, "high": mean + 0.05}}
+
+    complete = tmp_path / "kd-run"
+    complete.mkdir()
+    (complete / "manifest.json").write_text(json.dumps({
+        "status": "complete", "method": "kd", "variant": "control", "task": "mmlu",
+        "data": {"alignment_ids": ["a", "b"]}, "environment": {"cpu_count": 2, "gpus": []},
+        "cost": {"wall_seconds": 1234.4, "peak_rss_mib": 2048.0, "trainable_parameters": 2_500_000},
+        "evaluation": {"mmlu": {"source": {"metrics": metric(0.5)}, "target_before": {"metrics": metric(0.25), "items": 4},
+                                "target_after": {"metrics": metric(0.3)},
+                                "comparison_target_before_after": {"right_to_wrong": 1, "wrong_to_right": 3,
+                                                                   "mcnemar_p": 0.625}}}}))
+    partial = tmp_path / "failed-run"
+    partial.mkdir()
+    (partial / "manifest.json").write_text(json.dumps({"status": "failed"}))
+    [row] = results_rows(tmp_path)
+    assert row["run"] == "kd-run" and row["before"]["mean"] == 0.25 and row["after"]["mean"] == 0.3
+    table = results_table(tmp_path)
+    assert ("| `kd-run` | logit distillation (control) | mmlu (4), acc | 0.250 (0.200-0.300) | 0.300 (0.250-0.350) "
+            "| 1 / 3, p = 0.62 | 0.500 (0.450-0.550) | 2.5 M | 1,234 s, 2.0 GiB, 2-core CPU |") in table
+    assert "failed-run" not in table
