@@ -33,11 +33,22 @@ def decoder_parameter_sensitivity(
     sensitivity = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in watched.items()}
     was_training = model.training
     model.train(False)
+
+    # Each gradient is folded into the sensitivity the moment backward has accumulated it, then
+    # dropped: peak memory holds the sensitivity and one parameter's gradient, not every
+    # gradient of the decoder at once (on the 1.5B source that is 5 GB less).
+    def fold(parameter: torch.nn.Parameter, name: str) -> None:
+        with torch.no_grad():
+            sensitivity[name] += (parameter.detach() * parameter.grad).abs().float()
+        parameter.grad = None
+
+    handles = []
     try:
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        for parameter in watched.values():
+        for name, parameter in watched.items():
             parameter.requires_grad_(True)
+            handles.append(parameter.register_post_accumulate_grad_hook(lambda p, name=name: fold(p, name)))
         last = loaded.adapter.num_layers - 1
         for index in range(len(samples)):
             if should_cancel is not None and should_cancel():
@@ -46,11 +57,9 @@ def decoder_parameter_sensitivity(
             model.zero_grad(set_to_none=True)
             loss = answer_loss(forward_to_frontier(loaded, sample, last, need_logits=True).answer_logits, sample)
             loss.backward()
-            with torch.no_grad():
-                for name, parameter in watched.items():
-                    if parameter.grad is not None:
-                        sensitivity[name] += (parameter.detach() * parameter.grad).abs().float()
     finally:
+        for handle in handles:
+            handle.remove()
         model.zero_grad(set_to_none=True)
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(requires[name])

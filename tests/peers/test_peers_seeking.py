@@ -41,6 +41,10 @@ def test_sensitivity_is_the_per_sample_sum_of_theta_times_grad():
     for name in names:
         torch.testing.assert_close(sensitivity[name], expected[name], rtol=1e-4, atol=1e-9)
     assert all(p.requires_grad for p in source.model.parameters())  # flags restored
+    assert all(p.grad is None for p in source.model.parameters())  # every gradient consumed, none kept
+    # The hooks are gone: a later backward leaves its gradients in place as usual.
+    source.model(input_ids=samples.input_ids[:1]).logits.sum().backward()
+    assert source.model.get_parameter(names[0]).grad is not None
 
 
 def test_layer_selection_keeps_the_most_sensitive_layers_in_depth_order():
