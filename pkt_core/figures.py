@@ -519,7 +519,8 @@ def runs_table(listings) -> pd.DataFrame:
             "run_id": manifest.get("run_id") or listing.path.name,
             "pair": pair,
             "method": manifest.get("method"),
-            "variant": manifest.get("variant"),
+            "variant": (f"{manifest.get('variant')} (two tokenizers, per sequence)"
+                        if (manifest.get("alignment_level") or {}).get("level") == "sequence" else manifest.get("variant")),
             "task": manifest.get("task") or (manifest.get("config") or {}).get("data_file"),
             "gain": first["gain"] if first else None,
             "gains": "; ".join(f"{g['task']} {g['metric']}: {_interval_text(g['before'])} -> {_interval_text(g['after'])}"
