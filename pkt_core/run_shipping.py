@@ -116,6 +116,46 @@ def results_table(root: Path) -> str:
     return "\n".join(lines)
 
 
+def paper_table(root: Path) -> str:
+    """The shipped runs in the layout of the paper's Table 1: models and methods x tasks.
+
+    The untouched target and the source come from the runs' own evaluations (every run scores
+    them on the same items, so one value per task); a method's cell is its target after
+    transfer, the change from before and McNemar's p; its cost is the run's wall time."""
+    rows = results_rows(root)
+    tasks = sorted({row["task"] for row in rows}, key=lambda t: ["mmlu", "gsm8k", "humaneval", "mbpp"].index(t)
+                   if t in ("mmlu", "gsm8k", "humaneval", "mbpp") else 9)
+    header = "| model / method | " + " | ".join(
+        f"{task} ({next(r['items'] for r in rows if r['task'] == task)} items, {next(r['metric'] for r in rows if r['task'] == task)})"
+        for task in tasks) + " | cost (wall, peak RAM) |"
+    lines = [header, "|---|" + "---|" * len(tasks) + "---|"]
+    for label, role in (("target (untouched)", "before"), ("source", "source")):
+        cells = []
+        for task in tasks:
+            values = {(_interval(r[role])) for r in rows if r["task"] == task}
+            cells.append(values.pop() if len(values) == 1 else "differs between runs: " + "; ".join(sorted(values)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " | - |")
+    methods: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        methods.setdefault(row["method"], {})[row["task"]] = row
+    titles = list(METHOD_TITLES.values())
+    order = lambda name: (next((i for i, t in enumerate(titles) if name.startswith(t)), len(titles)), name)  # noqa: E731
+    for method, by_task in sorted(methods.items(), key=lambda item: order(item[0])):
+        cells = []
+        for task in tasks:
+            row = by_task.get(task)
+            if row is None or row["after"] is None:
+                cells.append("not run")
+                continue
+            change = row["after"]["mean"] - row["before"]["mean"]
+            p_value = "" if row["mcnemar_p"] is None else f", p = {row['mcnemar_p']:.2f}"
+            cells.append(f"{_interval(row['after'])}; {change:+.3f}{p_value}")
+        costs = "; ".join(f"{task}: {r['wall_seconds']:,.0f} s, {r['peak_rss_mib'] / 1024:.1f} GiB"
+                          for task, r in by_task.items() if r["wall_seconds"] is not None and r["peak_rss_mib"])
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {costs or '-'} |")
+    return "\n".join(lines)
+
+
 BEGIN_MARK, END_MARK = "<!-- shipped-runs:begin (generated: python -m pkt_core.run_shipping readme) -->", \
     "<!-- shipped-runs:end -->"
 
@@ -134,12 +174,24 @@ def readme_section(root: Path) -> str:
     return f"{BEGIN_MARK}\n{results_table(root)}\n\nReproduce (each from a fresh clone):\n\n```bash\n{body}\n```\n{END_MARK}"
 
 
-def update_readme(root: Path) -> Path:
-    """Rewrite the generated section of ``<root>/README.md`` from the manifests."""
+TABLE_BEGIN, TABLE_END = "<!-- table-1:begin (generated: python -m pkt_core.run_shipping readme) -->", \
+    "<!-- table-1:end -->"
+
+
+def _replace_between(path: Path, begin: str, end: str, body: str) -> None:
+    text = path.read_text()
+    start, stop = text.index(begin), text.index(end) + len(end)
+    path.write_text(text[:start] + body + text[stop:])
+
+
+def update_readme(root: Path, results: Path | None = None) -> Path:
+    """Rewrite the generated section of ``<root>/README.md`` (and the Table 1 of ``results``,
+    default ``benchmarks/RESULTS.md`` beside ``root``) from the manifests."""
     readme = Path(root) / "README.md"
-    text = readme.read_text()
-    start, end = text.index(BEGIN_MARK), text.index(END_MARK) + len(END_MARK)
-    readme.write_text(text[:start] + readme_section(root) + text[end:])
+    _replace_between(readme, BEGIN_MARK, END_MARK, readme_section(root))
+    results = results or Path(root).resolve().parent / "benchmarks" / "RESULTS.md"
+    if results.is_file() and TABLE_BEGIN in results.read_text():
+        _replace_between(results, TABLE_BEGIN, TABLE_END, f"{TABLE_BEGIN}\n{paper_table(root)}\n{TABLE_END}")
     return readme
 
 
