@@ -83,3 +83,15 @@ def test_the_results_table_reads_each_task_of_each_complete_run(tmp_path):
     assert ("| `kd-run` | logit distillation (control) | mmlu (4), acc | 0.250 (0.200-0.300) | 0.300 (0.250-0.350) "
             "| 1 / 3, p = 0.62 | 0.500 (0.450-0.550) | 2.5 M | 1,234 s, 2.0 GiB, 2-core CPU |") in table
     assert "failed-run" not in table
+
+
+def test_the_results_table_one_is_what_the_shipped_manifests_say():
+    from pathlib import Path
+
+    from pkt_core.run_shipping import TABLE_BEGIN, TABLE_END, paper_table
+
+    repository = Path(__file__).resolve().parents[1]
+    text = (repository / "benchmarks" / "RESULTS.md").read_text()
+    generated = text[text.index(TABLE_BEGIN) + len(TABLE_BEGIN): text.index(TABLE_END)].strip()
+    assert generated == paper_table(repository / "cached_runs"), "run `python -m pkt_core.run_shipping readme`"
+    assert "| target (untouched) |" in generated and "| source |" in generated
