@@ -16,6 +16,9 @@ def isolated_pkt_home(tmp_path_factory, monkeypatch):
     # The app's shipped runs too: tests see only the runs they make (tests/test_app.py checks the
     # repository's cached_runs/ on purpose).
     monkeypatch.setenv("PKT_CACHED_RUNS", str(tmp_path_factory.mktemp("cached_runs")))
+    # A job worker a test starts (directly or through the New run page) leaves one second after
+    # its last job instead of holding models for the default quarter of an hour.
+    monkeypatch.setenv("PKT_JOBS_IDLE_EXIT", "1")
     return home
 
 
