@@ -81,10 +81,13 @@ def generate_until(
     batch_size: int = 8,
     progress: ProgressCallback | None = None,
     sampling: Sampling | None = None,
+    compact: bool = True,
 ) -> list[Generation]:
     """Greedy (or, with ``sampling``, sampled) continuation of every prompt, in the order of ``prompts``.
 
     Sampled draws depend on the seed and on how prompts fall into batches; both are recorded.
+    ``compact``: greedy rows that stop leave the batch (``benchmarks/bench_generation.py``
+    measures the gain; ``False`` keeps every row to the end, for that comparison).
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise ScoringError(f"batch size and max_new_tokens must be at least 1 (got {batch_size}, {max_new_tokens})")
@@ -104,7 +107,7 @@ def generate_until(
         indices = order[start:start + batch_size]
         batch = [encoded[i] for i in indices]
         for index, generation in zip(indices, _generate_batch(loaded, batch, stop_sequences, max_new_tokens,
-                                                               sampling, generator)):
+                                                               sampling, generator, compact)):
             results[index] = generation
         done += len(indices)
         if progress is not None:
@@ -127,7 +130,7 @@ def _next_tokens(logits: torch.Tensor, sampling: Sampling | None, generator: tor
 
 def _generate_batch(
     loaded: LoadedModel, sequences: list[list[int]], stop_sequences: Sequence[str], max_new_tokens: int,
-    sampling: Sampling | None = None, generator: torch.Generator | None = None,
+    sampling: Sampling | None = None, generator: torch.Generator | None = None, compact: bool = True,
 ) -> list[Generation]:
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -142,12 +145,18 @@ def _generate_batch(
     output = loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                           logits_to_keep=1)
     next_positions = positions[:, -1:] + 1
+    # Rows still in the forward pass, as indices into ``sequences``. Greedy decoding drops a row
+    # from the batch (and its KV cache) as soon as it stops: one long completion no longer drags
+    # seven finished ones through up to a thousand steps. Sampling keeps the batch whole, so that
+    # a seed's draws do not depend on when other rows stopped.
+    active = list(range(rows))
+    compact = compact and sampling is None
     for _ in range(max_new_tokens):
         next_tokens = _next_tokens(output.logits[:, -1, :], sampling, generator)
-        for row in range(rows):
+        for position, row in enumerate(active):
             if stopped_by[row] is not None:
                 continue
-            token = int(next_tokens[row])
+            token = int(next_tokens[position])
             if token in end_ids:
                 stopped_by[row] = "eos"
                 continue
@@ -157,11 +166,18 @@ def _generate_batch(
                 stopped_by[row] = "stop_sequence"
         if all(reason is not None for reason in stopped_by):
             break
-        # Finished rows keep stepping (with a pad) so the batch stays rectangular; their output is ignored.
+        cache = output["cache"] if "cache" in output else output["past_key_values"]
+        keep = [position for position, row in enumerate(active) if stopped_by[row] is None]
+        if compact and len(keep) < len(active) and hasattr(cache, "batch_select_indices"):
+            cache.batch_select_indices(torch.tensor(keep, device=device))
+            mask, next_positions = mask[keep], next_positions[keep]
+            active = [active[position] for position in keep]
+        # Without compaction, finished rows keep stepping (with a pad) so the batch stays
+        # rectangular; their output is ignored.
         feed = torch.tensor(
-            [generated[row][-1] if stopped_by[row] is None else pad_id for row in range(rows)], device=device
+            [generated[row][-1] if stopped_by[row] is None else pad_id for row in active], device=device
         )[:, None]
-        mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
         output = loaded.model(input_ids=feed, attention_mask=mask, position_ids=next_positions,
                               use_cache=True, **_cache_argument(loaded.model, output))
         next_positions = next_positions + 1

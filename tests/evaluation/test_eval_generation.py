@@ -77,3 +77,24 @@ def test_bad_generation_requests_are_refused():
         generate_until(loaded, [""], [], 4)
     with pytest.raises(ScoringError, match="no room for the prompt"):
         generate_until(loaded, ["x"], [], 10_000)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "gpt_neox", "gemma3_text"])
+def test_rows_that_stop_early_leave_the_batch_and_the_others_continue_unchanged(model_type, monkeypatch):
+    from transformers.cache_utils import DynamicCache
+
+    loaded = tiny(model_type, seed=2)
+    free = generate_until(loaded, PROMPTS, [], max_new_tokens=12, batch_size=len(PROMPTS))
+    # Stops the model is known to produce, early in some rows: those rows finish first.
+    stops = sorted({g.text[1:3] for g in free[::2] if len(g.text) >= 3})
+    assert stops
+    selected = []
+    original = DynamicCache.batch_select_indices
+    monkeypatch.setattr(DynamicCache, "batch_select_indices",
+                        lambda self, indices: (selected.append(len(indices)), original(self, indices))[1])
+    together = generate_until(loaded, PROMPTS, stops, max_new_tokens=12, batch_size=len(PROMPTS))
+    assert selected, "no row left the batch: the test did not exercise compaction"
+    for prompt, generation in zip(PROMPTS, together):
+        alone = generate_until(loaded, [prompt], stops, max_new_tokens=12, batch_size=1)[0]
+        assert (generation.text, generation.num_tokens, generation.stopped_by) == \
+            (alone.text, alone.num_tokens, alone.stopped_by)
