@@ -100,6 +100,15 @@ def forward_to_frontier(
     return FrontierOutputs(captured["pre"], captured["post"], answer_logits)
 
 
+def frontier_site_states(loaded: LoadedModel, outputs: FrontierOutputs, site: str, final_norm_applied: bool
+                         ) -> torch.Tensor:
+    """The frontier layer's states at ``site``: block output (final-normed when the supervision
+    is) or the block's residual contribution."""
+    if site != "block_output":
+        return outputs.resid_post - outputs.resid_pre
+    return loaded.adapter.final_norm()(outputs.resid_post) if final_norm_applied else outputs.resid_post
+
+
 def layer_token_mask(batch: TokenisedSamples, drop_first_position: bool) -> torch.Tensor:
     mask = batch.attention_mask.bool().clone()
     if drop_first_position:
@@ -132,16 +141,12 @@ def stage_losses(
     length = batch.input_ids.shape[1]
     mask = layer_token_mask(batch, config.drop_first_position).to(device)
     prediction = batch.prediction_mask().to(device)
-    norm = loaded.adapter.final_norm()
 
     def supervised(site: str) -> torch.Tensor:
         return supervision.targets[(layer, site)][index, :length].to(device, outputs.resid_post.dtype)
 
     def site_states(site: str) -> torch.Tensor:
-        states = outputs.resid_post if site == "block_output" else outputs.resid_post - outputs.resid_pre
-        if site == "block_output" and supervision.final_norm_applied:
-            states = norm(states)
-        return states
+        return frontier_site_states(loaded, outputs, site, supervision.final_norm_applied)
 
     terms: dict[str, torch.Tensor] = {}
     weights = {name: weight for name, weight in config.losses.items() if weight}

@@ -147,16 +147,14 @@ def sequence_stage_losses(
     device = outputs.resid_post.device
     index = torch.as_tensor(indices)
     mask = sequence_token_mask(batch, config.drop_first_position).to(device)
-    norm = loaded.adapter.final_norm()
 
     def supervised(site: str) -> torch.Tensor:
         return supervision.targets[(layer, site)][index].to(device, outputs.resid_post.dtype)
 
     def site_states(site: str) -> torch.Tensor:
-        states = outputs.resid_post if site == "block_output" else outputs.resid_post - outputs.resid_pre
-        if site == "block_output" and supervision.final_norm_applied:
-            states = norm(states)
-        return states
+        from pkt_core.transfer.frontier import frontier_site_states
+
+        return frontier_site_states(loaded, outputs, site, supervision.final_norm_applied)
 
     terms: dict[str, torch.Tensor] = {}
     weights = {name: weight for name, weight in config.losses.items() if weight}
