@@ -96,6 +96,11 @@ def logit_lens_location(loaded: LoadedModel, samples: TokenisedSamples, batch_si
             answers = batch.next_tokens()[rows]
             captured = _capture_sublayers(loaded, layout, batch, rows)
             rows_seen += int(answers.numel())
+            # The lens read of the residual just before a sublayer is, as a rule, the read taken with the
+            # previous sublayer added: reuse it rather than pay another pass through the LM head (the
+            # head dominates this stage when every code token is an answer row). A block whose own sum
+            # differs (post-norms, scaled residuals) fails the exact equality check and is read afresh.
+            carried: tuple[torch.Tensor, torch.Tensor] | None = None
             for layer in range(num_layers):
                 residual = captured[(layer, "resid_pre")]
                 for kind in KINDS:
@@ -104,14 +109,18 @@ def logit_lens_location(loaded: LoadedModel, samples: TokenisedSamples, batch_si
                     post_norm = layout.post_norm(kind)
                     contribution = find_submodule(blocks[layer], post_norm)(output) if post_norm else output
                     with_sublayer = _answer_log_probs(loaded, residual + contribution, answers)
-                    with torch.no_grad():
-                        without = _answer_log_probs(loaded, residual, answers)
+                    if carried is not None and torch.equal(carried[0], residual):
+                        without = carried[1]
+                    else:
+                        with torch.no_grad():
+                            without = _answer_log_probs(loaded, residual, answers)
                     gains[(layer, kind)] += float((with_sublayer.detach() - without).sum())
                     (gradient,) = torch.autograd.grad(with_sublayer.sum(), output)
                     projection = find_submodule(blocks[layer], layout.output_projection(kind)).weight  # D x I
                     share = activations.float() * (gradient.float() @ projection.detach().float())  # rows x I
                     neuron_scores[(layer, kind)] += share.sum(dim=0).double().cpu().numpy()
                     residual = residual + contribution.detach()
+                    carried = (residual, with_sublayer.detach())
     finally:
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(requires[name])

@@ -67,6 +67,34 @@ def test_lens_gain_and_neuron_scores_of_the_last_mlp_match_an_ablation_and_a_gra
     assert scores.neuron_scores[(last, "mlp")].sum() == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_lens_gains_telescope_from_the_embeddings_to_the_model_output(family, monkeypatch):
+    """Each gain is read(residual + sublayer) - read(residual), so over all sublayers they sum to the
+    model's own log p(answer) minus the lens read of the embeddings; the location takes one head read
+    per sublayer plus one per batch, reusing the read before a sublayer from the step before it."""
+    import pkt_core.peers.laten as laten
+
+    _, target = tiny_pair(family)
+    batch = tokenise_samples(target.tokenizer, addition_samples(6, seed=4), 32)
+    reads = []
+    original = laten._answer_log_probs
+    monkeypatch.setattr(laten, "_answer_log_probs", lambda *args: reads.append(1) or original(*args))
+    scores = logit_lens_location(target, batch, batch_size=4)
+    batches, sublayers = 2, 2 * target.adapter.num_layers
+    assert len(reads) == batches * (sublayers + 1)
+    mask = batch.prediction_mask()
+    answers = batch.next_tokens()[mask]
+    with torch.no_grad():
+        embeddings = target.model.get_input_embeddings()(batch.input_ids)[mask].double()
+        head = target.model.get_output_embeddings().weight.double()
+        norm = target.model.model.norm
+        variance = embeddings.pow(2).mean(-1, keepdim=True)
+        lens = (embeddings * torch.rsqrt(variance + norm.variance_epsilon) * norm.weight.double()) @ head.T
+        start = lens.log_softmax(-1).gather(-1, answers[:, None])[:, 0].mean()
+    end = _answer_log_probs(target.model, batch).double().mean()
+    assert sum(scores.gains.values()) == pytest.approx(float(end - start), rel=1e-4, abs=1e-5)
+
+
 def test_the_applied_delta_touches_only_the_selected_neurons(tmp_path):
     source, target = tiny_pair()
     untouched = state_copy(target)
