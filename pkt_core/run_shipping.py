@@ -3,13 +3,16 @@
 The weight delta is left out (it is the size of the trained layers); everything the app shows
 stays. The cross-model map (``d_tgt x d_src``, 5.5 MB in float32 for the Qwen pair) is stored in
 float16: the app only projects with it, and float16's relative error (5e-4) is far below what a
-2-D projection can show. The manifest says what was left out or rounded and the command that
-recreates the run in full.
+2-D projection can show. When the folder's size budget is tight, a run may also be shipped
+without the artefacts only the Projections page reads (``leave_out``); the other pages need none
+of them. The manifest says what was left out or rounded and the command that recreates the run in
+full.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,18 +23,31 @@ from pkt_core.run_reader import RunReadError, open_run
 
 LEFT_OUT = ("target_delta.safetensors",)
 HALVED = ("cross_map.safetensors",)
+# Read by the Projections page alone: a run shipped without them keeps every other page.
+MAY_LEAVE_OUT = ("probe_activations.safetensors", "cross_map.safetensors")
 
 
-def ship_run(run_folder: Path, destination_root: Path, reproduce_command: str) -> Path:
-    """Copy ``run_folder`` to ``destination_root/<run id>`` without the weight delta."""
+class ShippingError(ValueError):
+    """A ship request that would drop something the app needs."""
+
+
+def ship_run(run_folder: Path, destination_root: Path, reproduce_command: str,
+             leave_out: Sequence[str] = ()) -> Path:
+    """Copy ``run_folder`` to ``destination_root/<run id>`` without the weight delta (and without
+    ``leave_out``, a subset of ``MAY_LEAVE_OUT``)."""
+    unknown = sorted(set(leave_out) - set(MAY_LEAVE_OUT))
+    if unknown:
+        raise ShippingError(f"cannot leave out {', '.join(unknown)}: the app needs it; only "
+                            f"{', '.join(MAY_LEAVE_OUT)} may be left out (the Projections page alone reads them)")
     run = open_run(run_folder)
     destination = destination_root / run.folder.name
     staging = destination_root / f".{run.folder.name}.shipping"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(run.folder, staging, ignore=shutil.ignore_patterns(*LEFT_OUT))
+    dropped = LEFT_OUT + tuple(leave_out)
+    shutil.copytree(run.folder, staging, ignore=shutil.ignore_patterns(*dropped))
     manifest = dict(run.manifest)
-    left_out = [name for name in LEFT_OUT if (run.folder / name).exists()]
-    if left_out:
+    left_out = [name for name in dropped if (run.folder / name).exists()]
+    if "target_delta.safetensors" in left_out:
         manifest["weights_delta"] = {**manifest.get("weights_delta", {}), "file": None,
                                      "left_out": "not shipped with the repository; rerun to recreate it"}
     halved = [name for name in HALVED if (staging / name).exists()]
@@ -169,7 +185,9 @@ def readme_section(root: Path) -> str:
         except RunReadError:
             continue
         if shipped.get("reproduce"):
-            commands.append(f"# {folder.name}\n{shipped['reproduce']}")
+            extras = [name for name in shipped.get("left_out", []) if name not in LEFT_OUT]
+            note = f" (shipped without {', '.join(extras)}: the Projections page cannot draw it)" if extras else ""
+            commands.append(f"# {folder.name}{note}\n{shipped['reproduce']}")
     body = "\n\n".join(commands)
     return f"{BEGIN_MARK}\n{results_table(root)}\n\nReproduce (each from a fresh clone):\n\n```bash\n{body}\n```\n{END_MARK}"
 
@@ -205,13 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     ship.add_argument("run_folder", type=Path)
     ship.add_argument("--to", type=Path, default=Path("cached_runs"))
     ship.add_argument("--reproduce", required=True, help="the command that recreates the run")
+    ship.add_argument("--leave-out", action="append", default=[], choices=MAY_LEAVE_OUT,
+                      help="also leave out this artefact (only the Projections page reads it); repeatable")
     table = commands.add_parser("table", help="Markdown table of the complete runs in a folder")
     table.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
     readme = commands.add_parser("readme", help="rewrite the generated section of <root>/README.md")
     readme.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
     args = parser.parse_args(argv)
     if args.command == "ship":
-        print(ship_run(args.run_folder, args.to, args.reproduce))
+        print(ship_run(args.run_folder, args.to, args.reproduce, args.leave_out))
     elif args.command == "readme":
         print(update_readme(args.root))
     else:

@@ -1,7 +1,9 @@
 import json
 
+import pytest
+
 from pkt_core.run_reader import RunReadError, open_run
-from pkt_core.run_shipping import ship_run
+from pkt_core.run_shipping import ShippingError, main, ship_run
 
 
 def test_shipped_run_keeps_everything_but_the_delta(tmp_path):
@@ -24,6 +26,27 @@ def test_shipped_run_keeps_everything_but_the_delta(tmp_path):
         assert "without its weight delta" in str(error)
     else:
         raise AssertionError("a shipped run has no delta to give")
+
+
+def test_a_run_can_be_shipped_without_what_only_the_projections_read(tmp_path):
+    run = tmp_path / "runs" / "r3"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"status": "complete", "weights_delta": {"file": "target_delta.safetensors"}}))
+    for name in ("target_delta.safetensors", "probe_activations.safetensors", "cross_map.safetensors",
+                 "attribution.parquet", "mappings.json"):
+        (run / name).write_bytes(b"x")
+    main(["ship", str(run), "--to", str(tmp_path / "cached_runs"), "--reproduce", "cmd",
+          "--leave-out", "probe_activations.safetensors", "--leave-out", "cross_map.safetensors"])
+    shipped = tmp_path / "cached_runs" / "r3"
+    assert sorted(p.name for p in shipped.iterdir()) == ["attribution.parquet", "manifest.json", "mappings.json"]
+    manifest = open_run(shipped).manifest
+    assert manifest["shipped"]["left_out"] == ["target_delta.safetensors", "probe_activations.safetensors",
+                                               "cross_map.safetensors"]
+    assert manifest["weights_delta"]["file"] is None
+    assert (run / "probe_activations.safetensors").exists()  # the source run keeps everything
+    with pytest.raises(ShippingError, match="the app needs it"):
+        ship_run(run, tmp_path / "elsewhere", "cmd", leave_out=["mappings.json"])
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_the_cross_map_is_shipped_in_float16_within_its_rounding(tmp_path):

@@ -13,7 +13,13 @@ studio.page_header("Projections", f"Run `{run.run_id}`: each probe prompt's mean
                    "embedded in 2-D. Results are cached per parameter set, so going back is instant.")
 
 if not run.has("probe_activations.safetensors"):
-    st.error(f"Run {run.run_id} has no probe_activations.safetensors: nothing to project.")
+    shipped = run.manifest.get("shipped") or {}
+    if "probe_activations.safetensors" in shipped.get("left_out", []):
+        st.info(f"Run {run.run_id} was shipped without its probe activations, to keep `cached_runs/` small; "
+                "every other page shows it in full. To project it, recreate the run with its documented "
+                f"command:\n\n`{shipped.get('reproduce', '')}`")
+    else:
+        st.error(f"Run {run.run_id} has no probe_activations.safetensors: nothing to project.")
     st.stop()
 
 

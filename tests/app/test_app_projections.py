@@ -112,3 +112,16 @@ def test_umap_parameters_change_the_embedding(app_test):
     at.number_input(key="projection_seed").set_value(0).run()  # back: the cached embedding
     for name in first:
         np.testing.assert_array_equal(_points(at)[name], first[name])
+
+
+def test_a_run_shipped_without_probe_activations_says_how_to_recreate_them(app_test, app_run):
+    (app_run / "probe_activations.safetensors").unlink()
+    manifest = json.loads((app_run / "manifest.json").read_text())
+    manifest["shipped"] = {"left_out": ["target_delta.safetensors", "probe_activations.safetensors"],
+                           "stored_float16": [], "reproduce": "pkt transfer --out runs/again"}
+    (app_run / "manifest.json").write_text(json.dumps(manifest))
+    at = app_test("views/projections.py")
+    assert not at.exception
+    assert not at.error
+    assert any("shipped without its probe activations" in info.value and "pkt transfer --out runs/again" in info.value
+               for info in at.info)
