@@ -15,8 +15,8 @@ for path in (APP_DIR.parent, APP_DIR):
         sys.path.insert(0, str(path))
 
 import streamlit as st  # noqa: E402
-
 import studio  # noqa: E402
+
 from pkt_core.errors import PktError  # noqa: E402
 
 st.set_page_config(page_title="PKT Studio", layout="wide")

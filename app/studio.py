@@ -1,7 +1,7 @@
 """What every page of the app shares: run discovery, cached readers, the current run, figures with export.
 
 The app reads runs and calls the library: every number drawn here comes from a run folder
-through :mod:`pkt_core.run_reader`, :mod:`pkt_core.figures` and :mod:`pkt_core.projections`.
+through :mod:`pkt_core.runs.reader`, :mod:`pkt_core.figures` and :mod:`pkt_core.figures.projections`.
 Readers are cached per (run folder, manifest modification time), so a rewritten run is read again.
 """
 
@@ -16,7 +16,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 if str(REPOSITORY_ROOT) not in sys.path:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPOSITORY_ROOT))
 
-from pkt_core.run_catalogue import RunListing, default_run_roots, list_runs  # noqa: E402
+from pkt_core.runs.catalogue import RunListing, default_run_roots, list_runs  # noqa: E402
 
 CURRENT_RUN = "current_run"  # session key: folder of the run being explored
 COMPARE_RUNS = "compare_runs"  # session key: run ids picked for comparison
@@ -44,7 +44,7 @@ def _stamp(folder: str) -> float:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _open(folder: str, stamp: float):
-    from pkt_core.run_reader import open_run
+    from pkt_core.runs.reader import open_run
 
     return open_run(folder)
 
@@ -78,7 +78,7 @@ def require_run():
     if not folder:
         st.info("No complete run to show. Runs appear when `pkt transfer` (or **New run**) writes them.")
         st.stop()
-    from pkt_core.run_reader import RunReadError
+    from pkt_core.runs.reader import RunReadError
 
     try:
         return open_current(folder)
@@ -91,16 +91,33 @@ def require_run():
 
 
 def cached_spec(builder: str, folder: str, *args, **kwargs):
-    """``pkt_core.figures.<builder>(run, *args, **kwargs)`` (or ``projections``), cached per run stamp."""
+    """``<builder>(run, *args, **kwargs)`` from the figure modules of :mod:`pkt_core.figures`, cached per run stamp."""
     return _cached_spec(builder, folder, _stamp(folder), args, tuple(sorted(kwargs.items())))
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _cached_spec(builder: str, folder: str, stamp: float, args: tuple, kwargs: tuple):
-    from pkt_core import figures
-
     run = _open(folder, stamp)
-    return getattr(figures, builder)(run, *args, **dict(kwargs))
+    return _figure_builders()[builder](run, *args, **dict(kwargs))
+
+
+def _figure_builders() -> dict:
+    """Every figure or table builder a page may ask for by name (one run in, one spec or table out)."""
+    from pkt_core.figures import alignment_page, benchmarks_page, mapping_page
+
+    return {
+        "alignment_heatmap": alignment_page.alignment_heatmap,
+        "alignment_profiles": alignment_page.alignment_profiles,
+        "mapping_bipartite": mapping_page.mapping_bipartite,
+        "attribution_bars": mapping_page.attribution_bars,
+        "fidelity_lines": mapping_page.fidelity_lines,
+        "stage_loss_lines": mapping_page.stage_loss_lines,
+        "benchmark_summary": benchmarks_page.benchmark_summary,
+        "benchmark_bars": benchmarks_page.benchmark_bars,
+        "per_subject": benchmarks_page.per_subject,
+        "per_subject_bars": benchmarks_page.per_subject_bars,
+        "paired_items": benchmarks_page.paired_items,
+    }
 
 
 # -- showing a figure, with server-side export ------------------------------------------------
@@ -108,7 +125,8 @@ def _cached_spec(builder: str, folder: str, stamp: float, args: tuple, kwargs: t
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _export(_spec, spec_key: str, fmt: str, width: str) -> bytes:
-    from pkt_core.figures import PAPER, export_figure
+    from pkt_core.figures.export import export_figure
+    from pkt_core.figures.spec import PAPER
 
     return export_figure(_spec, fmt, PAPER, width)
 
@@ -127,7 +145,9 @@ def _spec_key(spec) -> str:
 def show_figure(spec, key: str, height: int | None = None, notes: bool = True) -> None:
     """Draw ``spec`` with plotly, its notes, and PDF / SVG / PNG / CSV / caption downloads made
     on the server (matplotlib with the paper preset; the bytes are built when a button is pressed)."""
-    from pkt_core.figures import EXPORT_FORMATS, MIME_TYPES, export_filename, to_plotly
+    from pkt_core.figures.export import export_filename
+    from pkt_core.figures.render_plotly import to_plotly
+    from pkt_core.figures.spec import EXPORT_FORMATS, MIME_TYPES
 
     figure = to_plotly(spec)
     if height:

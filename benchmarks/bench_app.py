@@ -64,7 +64,7 @@ def _child(repeats: int) -> None:
 
 
 def _view_values(at) -> list[str]:
-    from pkt_core.figures import VIEW_TITLES
+    from pkt_core.figures.alignment_page import VIEW_TITLES
 
     labels = list(at.radio(key="alignment_view").options)
     by_label = {label: view for view, label in VIEW_TITLES.items()}
@@ -97,7 +97,7 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from pkt_core.run_catalogue import default_run_roots, list_runs
+    from pkt_core.runs.catalogue import default_run_roots, list_runs
 
     temporary = None
     environment = dict(os.environ)

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from pkt_core.capture import CaptureOptions, capture_batch, position_ids_from_mask
-from pkt_core.loading import load_model, wrap_loaded_model
-from pkt_core.provisioning import is_cached
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config
+from pkt_core.capture.hooks import CaptureOptions, capture_batch, position_ids_from_mask
+from pkt_core.models.loading import load_model, wrap_loaded_model
+from pkt_core.models.provisioning import is_cached
+from pkt_core.models.synthetic import byte_level_tokenizer, random_model_from_config
 
 QWEN_05B_SHAPE = dict(
     hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,

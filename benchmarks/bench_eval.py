@@ -22,8 +22,8 @@ import torch
 from pkt_core.evaluation.loglikelihood import LoglikelihoodRequest, loglikelihoods
 from pkt_core.evaluation.prompts import build_prompt, mmlu_continuations, prompt_variant
 from pkt_core.evaluation.splits import evaluation_items, limit_subset
-from pkt_core.loading import load_model, wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config
+from pkt_core.models.loading import load_model, wrap_loaded_model
+from pkt_core.models.synthetic import byte_level_tokenizer, random_model_from_config
 
 QWEN_05B_SHAPE = dict(
     hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,

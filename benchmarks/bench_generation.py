@@ -40,7 +40,7 @@ def main() -> None:
 
         loaded, label = build_model(_argparse.Namespace(model=None, layers=4, device=args.device, dtype="fp32"))
     else:
-        from pkt_core.loading import load_model
+        from pkt_core.models.loading import load_model
 
         loaded, label = load_model(args.model, device=args.device), args.model
     variant = prompt_variant("humaneval", max_new_tokens=args.max_new_tokens)

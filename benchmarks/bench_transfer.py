@@ -16,7 +16,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -27,15 +26,15 @@ QWEN_SHAPES = {
 
 
 def _models(args):
-    from pkt_core.loading import load_model, wrap_loaded_model
-    from pkt_core.provisioning import is_cached
+    from pkt_core.models.loading import load_model, wrap_loaded_model
+    from pkt_core.models.provisioning import is_cached
 
     if not args.random and is_cached("qwen2.5-coder-0.5b") and is_cached("qwen2.5-coder-1.5b"):
         return (load_model("qwen2.5-coder-1.5b", device=args.device), load_model("qwen2.5-coder-0.5b", device=args.device),
                 "real pair (Qwen2.5-Coder 1.5B -> 0.5B)")
     import transformers
 
-    from pkt_core.synthetic_models import random_model_from_config
+    from pkt_core.models.synthetic import random_model_from_config
 
     tokenizer = _qwen_like_tokenizer()
     loaded = []
@@ -47,23 +46,27 @@ def _models(args):
 
 
 def _qwen_like_tokenizer():
-    from pkt_core.synthetic_models import byte_level_tokenizer
+    from pkt_core.models.synthetic import byte_level_tokenizer
 
     return byte_level_tokenizer()
 
 
 def child(args) -> None:
-    from pkt_core.cli import parse_layer_list
-    from pkt_core.resource_monitor import PeakMemoryMonitor
+    from pkt_core.capture.hooks import position_ids_from_mask
+    from pkt_core.cli.arguments import parse_layer_list
+    from pkt_core.jobs.resource_monitor import PeakMemoryMonitor
     from pkt_core.transfer.alignment_data import tokenise_samples
-    from pkt_core.transfer.attribution import answer_loss
     from pkt_core.transfer.config import TransferConfig
+    from pkt_core.transfer.forward import answer_loss
     from pkt_core.transfer.frontier import train_stage
     from pkt_core.transfer.layer_mapping import depth_map
     from pkt_core.transfer.semantic_bases import cross_model_map, semantic_basis
-    from pkt_core.transfer.supervision import _final_norm_cpu, build_supervision, collect_layer_states
+    from pkt_core.transfer.supervision import (
+        _final_norm_cpu,
+        build_supervision,
+        collect_layer_states,
+    )
     from pkt_core.transfer.task_samples import load_alignment_and_probes
-    from pkt_core.capture import position_ids_from_mask
 
     source, target, label = _models(args)
     stages = list(parse_layer_list(args.stages))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from pkt_core.synthetic_models import byte_level_tokenizer
 from tiny_models import FAMILY_MODEL_TYPES, make_tiny_loaded
+
+from pkt_core.models.synthetic import byte_level_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +29,8 @@ def real_pair_home(monkeypatch):
     import os
     from pathlib import Path
 
-    from pkt_core.provisioning import is_cached
-    from pkt_core.registry import DEFAULT_PAIR, get_pair_spec
+    from pkt_core.models.provisioning import is_cached
+    from pkt_core.models.registry import DEFAULT_PAIR, get_pair_spec
 
     pair = get_pair_spec(DEFAULT_PAIR)
     monkeypatch.setenv("PKT_HOME", os.environ.get("PKT_REAL_HOME", str(Path.home() / ".cache" / "pkt")))

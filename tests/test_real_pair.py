@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pkt_core.registry import get_pair_spec
+from pkt_core.models.registry import get_pair_spec
 
 pytestmark = pytest.mark.slow
 
@@ -11,10 +11,10 @@ PAIR = get_pair_spec("qwen-coder-1.5b-to-0.5b")
 
 
 def test_capture_on_the_real_pair(real_pair_home):
-    from pkt_core.capture import CaptureOptions
-    from pkt_core.capture_dataset import capture_texts
-    from pkt_core.loading import load_model
-    from pkt_core.pair_check import check_pair
+    from pkt_core.capture.dataset import capture_texts
+    from pkt_core.capture.hooks import CaptureOptions
+    from pkt_core.models.loading import load_model
+    from pkt_core.models.pair_check import check_pair
 
     assert check_pair(PAIR.name).vocabulary.identical
     texts = ["def fibonacci(n):\n    if n < 2:\n        return n", "The capital of France is"]

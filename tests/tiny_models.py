@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import random
 
-from pkt_core.loading import wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
+from pkt_core.models.loading import wrap_loaded_model
+from pkt_core.models.synthetic import (
+    byte_level_tokenizer,
+    random_model_from_config,
+    tiny_config,
+)
 from pkt_core.transfer.alignment_data import AlignmentSample
 
 FAMILY_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_neox")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import streamlit as st
-
 import studio
-from pkt_core.figures import (
-    DIFFERENCE_VIEW, VIEW_TITLES, measure_description, measures_in_run, missing_measures, outlier_note,
+
+from pkt_core.figures.alignment_page import (
+    DIFFERENCE_VIEW,
+    VIEW_TITLES,
+    measure_description,
+    measures_in_run,
+    missing_measures,
+    outlier_note,
     similarity_files,
 )
 
@@ -32,7 +37,7 @@ left, middle, right = st.columns([2, 3, 2])
 with left:
     metric = st.selectbox("Measure", sorted(measures), key="alignment_measure", help=None)
     st.caption(measure_description(metric))
-from pkt_core.figures import views_for  # noqa: E402
+from pkt_core.figures.alignment_page import views_for  # noqa: E402
 
 views = views_for(measures, metric)
 with middle:

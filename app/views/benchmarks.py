@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import streamlit as st
-
 import studio
-from pkt_core.figures import evaluation_folders
+
+from pkt_core.figures.benchmarks_page import evaluation_folders
 
 run = studio.require_run()
 folder = str(run.folder)
@@ -22,7 +22,7 @@ tasks = sorted(summary["task"].unique())
 task = st.selectbox("Task", tasks, key="benchmarks_task")
 part = summary[summary["task"] == task]
 metrics = list(dict.fromkeys(part["metric"]))
-from pkt_core.figures import primary_metric  # noqa: E402
+from pkt_core.figures.runs_page import primary_metric  # noqa: E402
 
 default = primary_metric(task, {m: {"mean": 0} for m in metrics}) or metrics[0]
 metric = st.selectbox("Metric", metrics, index=metrics.index(default), key="benchmarks_metric")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import streamlit as st
-
 import studio
 
 run = studio.require_run()

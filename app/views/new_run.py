@@ -10,11 +10,11 @@ been idle for ``$PKT_JOBS_IDLE_EXIT`` seconds; the page lists what it holds.
 from __future__ import annotations
 
 import streamlit as st
-
 import studio
-from pkt_core import jobs
+
 from pkt_core.errors import PktError
-from pkt_core.registry import MODELS, PAIRS
+from pkt_core.jobs import queue as job_queue
+from pkt_core.models.registry import MODELS, PAIRS
 
 studio.page_header("New run", "Pick a pair, a method and variant, the data and a budget. The run goes to a "
                    "background worker (one heavy job at a time on this machine; others queue) and appears in "
@@ -22,7 +22,7 @@ studio.page_header("New run", "Pick a pair, a method and variant, the data and a
 
 
 def _cached(name: str) -> bool:
-    from pkt_core.provisioning import is_cached
+    from pkt_core.models.provisioning import is_cached
 
     return is_cached(name)
 
@@ -46,8 +46,8 @@ if missing:
                             help="auto: the hub when reachable, else the verified offline mirror")
     if st.button("Fetch " + " and ".join(missing), key="new_fetch"):
         for name in missing:
-            jobs.submit("fetch", {"name": name, "source": fetch_source})
-        jobs.ensure_worker()
+            job_queue.submit("fetch", {"name": name, "source": fetch_source})
+        job_queue.ensure_worker()
         st.toast("Fetch queued")
 
 from pkt_core.transfer.config import (  # noqa: E402
@@ -112,7 +112,7 @@ if method == "semalign":
 
 if st.button("Start run" if not missing else "Fetch models, then run", type="primary", key="new_submit",
              disabled=not (source and target)):
-    from pkt_core.cli import parse_layer_list
+    from pkt_core.cli.arguments import parse_layer_list
 
     try:
         stages = parse_layer_list(stages_text.strip() or "all")
@@ -128,13 +128,13 @@ if st.button("Start run" if not missing else "Fetch models, then run", type="pri
             "source_device": device, "target_device": device,
         }
         for name in missing:
-            jobs.submit("fetch", {"name": name, "source": "auto"})
-        job = jobs.submit("transfer", {"config": config})
+            job_queue.submit("fetch", {"name": name, "source": "auto"})
+        job = job_queue.submit("transfer", {"config": config})
     except PktError as error:
         st.error(f"Not submitted: {error}")
     else:
-        jobs.ensure_worker()
-        st.success(f"Submitted {job.id}. {jobs.queue_message(job)}")
+        job_queue.ensure_worker()
+        st.success(f"Submitted {job.id}. {job_queue.queue_message(job)}")
 
 
 # -- the queue, polled ------------------------------------------------------------------------
@@ -144,21 +144,21 @@ def _explore(folder: str) -> None:
 
 @st.fragment(run_every=2.0)
 def job_panel() -> None:
-    everything = jobs.list_jobs()
+    everything = job_queue.list_jobs()
     if any(job.state == "queued" for job in everything):
-        jobs.ensure_worker()
+        job_queue.ensure_worker()
     st.subheader("Jobs")
     if not everything:
         st.caption("No jobs yet.")
         return
-    st.caption("Worker: " + ("running" if jobs.worker_alive() else "not running (starts when a job is queued)")
-               + f"; job files under `{jobs.jobs_dir()}`.")
-    loaded = jobs.held_models()
+    st.caption("Worker: " + ("running" if job_queue.worker_alive() else "not running (starts when a job is queued)")
+               + f"; job files under `{job_queue.jobs_dir()}`.")
+    loaded = job_queue.held_models()
     if loaded:
         names, action = st.columns([5, 1])
         names.caption("Loaded in the worker, kept for the next run: " + "; ".join(
             f"`{m['name']}` ({m['dtype']}, {m['device']}, {m['weight_mib']:,.0f} MiB)" for m in loaded))
-        action.button("Unload models", key="unload_models", on_click=jobs.request_unload,
+        action.button("Unload models", key="unload_models", on_click=job_queue.request_unload,
                       help="free the worker's memory now (it also unloads when idle for a while)")
     for job in reversed(everything[-10:]):
         with st.container(border=True):
@@ -166,9 +166,9 @@ def job_panel() -> None:
             head.markdown(f"**{job.title()}**  \n`{job.id}`: **{job.state}**"
                           + (" (cancel requested)" if job.cancel_requested and not job.finished else ""))
             if not job.finished:
-                action.button("Cancel", key=f"cancel-{job.id}", on_click=jobs.cancel, args=(job.id,))
+                action.button("Cancel", key=f"cancel-{job.id}", on_click=job_queue.cancel, args=(job.id,))
             if job.state == "queued":
-                st.info(jobs.queue_message(job, everything))
+                st.info(job_queue.queue_message(job, everything))
             for stage in job.stages:
                 total = max(1, int(stage.get("total") or 1))
                 done = min(total, int(stage.get("done") or 0))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import streamlit as st
-
 import studio
-from pkt_core.projections import ProjectionError, projection_figure, umap_available
+
+from pkt_core.figures.projections import (
+    ProjectionError,
+    projection_figure,
+    umap_available,
+)
 
 run = studio.require_run()
 folder = str(run.folder)
@@ -26,7 +30,7 @@ if not run.has("probe_activations.safetensors"):
 @st.cache_data(show_spinner=False, max_entries=256)
 def _project(folder: str, stamp: float, target_layer: int, source_layer: int | None, method: str, space: str,
              neighbours: int, min_dist: float, seed: int):
-    from pkt_core.projections import project
+    from pkt_core.figures.projections import project
 
     return project(studio.open_current(folder), target_layer, source_layer, method, space, neighbours, min_dist, seed)
 

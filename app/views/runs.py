@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import streamlit as st
-
 import studio
-from pkt_core.figures import runs_table
+
+from pkt_core.figures.runs_page import runs_table
 
 st.title("PKT Studio")
 studio.page_header("Runs", "Every run in " + ", ".join(f"`{root}`" for root in studio.run_roots())
@@ -68,7 +68,8 @@ with right:
 if len(pair) == 2:
     import pandas as pd
 
-    from pkt_core.figures import FigureSpec, run_gains
+    from pkt_core.figures.runs_page import run_gains
+    from pkt_core.figures.spec import FigureSpec
 
     st.subheader("Comparison")
     runs = [studio.open_current(folder) for folder in pair]

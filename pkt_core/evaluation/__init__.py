@@ -12,5 +12,5 @@ The path of one evaluation, module by module:
 - :mod:`~pkt_core.evaluation.sandbox` runs model-written code;
 - :mod:`~pkt_core.evaluation.metrics` holds pass@k, bootstrap intervals and McNemar's test;
 - :mod:`~pkt_core.evaluation.cache` and :mod:`~pkt_core.evaluation.records` keep what was scored;
-- :mod:`~pkt_core.evaluation.runner` ties it together; :mod:`~pkt_core.evaluation.cli` is ``pkt eval``.
+- :mod:`~pkt_core.evaluation.runner` ties it together; :mod:`~pkt_core.cli.evaluate` is ``pkt eval``.
 """

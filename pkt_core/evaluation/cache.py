@@ -12,7 +12,7 @@ Fingerprints: a model loaded from the registry or a folder has the loader's fing
 hash or file digest). A model built or changed in memory (a transferred target) is
 fingerprinted by the content of all its weights, so an altered model never hits the cache of
 the model it came from. A model loaded from disk and then changed in place must be wrapped
-again with :func:`pkt_core.loading.wrap_loaded_model`, or evaluated with ``use_cache=False``.
+again with :func:`pkt_core.models.loading.wrap_loaded_model`, or evaluated with ``use_cache=False``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from pkt_core.loading import LoadedModel
+from pkt_core.models.loading import LoadedModel
 from pkt_core.paths import pkt_home
 
 CACHE_FILE = "results.sqlite"

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pkt_core.capture_dataset import pad_batch
+from pkt_core.capture.dataset import pad_batch
 from pkt_core.evaluation.loglikelihood import ScoringError, encode, model_max_length
-from pkt_core.loading import LoadedModel
+from pkt_core.models.loading import LoadedModel
 
 ProgressCallback = Callable[[int, int], None]
 

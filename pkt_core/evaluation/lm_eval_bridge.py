@@ -15,8 +15,12 @@ from collections.abc import Sequence
 
 from pkt_core.errors import PktError
 from pkt_core.evaluation.generation import Sampling, generate_until
-from pkt_core.evaluation.loglikelihood import LoglikelihoodRequest, loglikelihoods, rolling_loglikelihood
-from pkt_core.loading import LoadedModel
+from pkt_core.evaluation.loglikelihood import (
+    LoglikelihoodRequest,
+    loglikelihoods,
+    rolling_loglikelihood,
+)
+from pkt_core.models.loading import LoadedModel
 
 DEFAULT_MAX_GEN_TOKS = 256  # the harness's default for hf models
 

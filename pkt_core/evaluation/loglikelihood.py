@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pkt_core.capture import position_ids_from_mask
-from pkt_core.capture_dataset import pad_batch
+from pkt_core.capture.dataset import pad_batch
+from pkt_core.capture.hooks import position_ids_from_mask
 from pkt_core.errors import PktError
-from pkt_core.loading import LoadedModel
+from pkt_core.models.loading import LoadedModel
 
 DEFAULT_MAX_LENGTH = 2048
 ProgressCallback = Callable[[int, int], None]

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from pkt_core.evaluation.tasks import TaskItem, check_task, load_items
-from pkt_core.prompt_sources import MMLU_CHOICE_LETTERS, DataSourceError, mmlu_prompt
+from pkt_core.offline_data import DataSourceError
 
 GENERATION_TASKS = ("gsm8k", "humaneval", "mbpp")
 ALLOWED_SHOTS = {"mmlu": (0, 5), "gsm8k": (0,), "humaneval": (0,), "mbpp": (0, 3)}
@@ -35,6 +35,16 @@ STOP_SEQUENCES = {
 }
 # The harness's max_gen_toks: HumanEval sets 1024, the others use the model default of 256.
 MAX_NEW_TOKENS = {"gsm8k": 256, "humaneval": 1024, "mbpp": 256}
+
+
+MMLU_CHOICE_LETTERS = "ABCD"
+
+
+def mmlu_prompt(question: str, choices: list[str], subject: str) -> str:
+    """The lm-evaluation-harness MMLU 0-shot prompt."""
+    header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    options = "".join(f"{letter}. {choice}\n" for letter, choice in zip(MMLU_CHOICE_LETTERS, choices))
+    return f"{header}{question.strip()}\n{options}Answer:"
 
 
 @dataclass(frozen=True)

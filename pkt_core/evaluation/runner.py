@@ -17,23 +17,50 @@ import pandas as pd
 
 from pkt_core.evaluation.cache import ResultCache, evaluation_fingerprint, variant_key
 from pkt_core.evaluation.extraction import (
-    gsm8k_exact_match, gsm8k_flexible_answer, gsm8k_strict_answer, humaneval_program, mbpp_program,
+    gsm8k_exact_match,
+    gsm8k_flexible_answer,
+    gsm8k_strict_answer,
+    humaneval_program,
+    mbpp_program,
 )
 from pkt_core.evaluation.generation import Sampling, generate_until
-from pkt_core.evaluation.loglikelihood import LoglikelihoodRequest, loglikelihoods, model_max_length
+from pkt_core.evaluation.loglikelihood import (
+    LoglikelihoodRequest,
+    loglikelihoods,
+    model_max_length,
+)
 from pkt_core.evaluation.metrics import (
-    PairedComparison, bootstrap_interval, choice_predictions, compare_paired, pass_at_k,
+    PairedComparison,
+    bootstrap_interval,
+    choice_predictions,
+    compare_paired,
+    pass_at_k,
 )
 from pkt_core.evaluation.prompts import (
-    PromptVariant, build_prompt, mmlu_continuations, prompt_variant, reference_answer,
+    MMLU_CHOICE_LETTERS,
+    PromptVariant,
+    build_prompt,
+    mmlu_continuations,
+    prompt_variant,
+    reference_answer,
 )
-from pkt_core.evaluation.records import read_items, scores_by_item, write_items, write_summary
+from pkt_core.evaluation.records import (
+    read_items,
+    scores_by_item,
+    write_items,
+    write_summary,
+)
 from pkt_core.evaluation.sandbox import SandboxLimits, detect_isolation, run_programs
-from pkt_core.evaluation.splits import evaluation_items, ids_digest, limit_subset, split_record
+from pkt_core.evaluation.splits import (
+    evaluation_items,
+    ids_digest,
+    limit_subset,
+    split_record,
+)
 from pkt_core.evaluation.tasks import TaskItem
-from pkt_core.loading import LoadedModel
-from pkt_core.memory import dtype_name
-from pkt_core.prompt_sources import MMLU_CHOICE_LETTERS, DataSourceError
+from pkt_core.models.loading import LoadedModel
+from pkt_core.models.memory import dtype_name
+from pkt_core.offline_data import DataSourceError
 
 SCORING_VERSION = 1  # bump when a change here would change a cached score
 # (stage, done, total): stages "model" (log-likelihood or generation) and "execute" (sandbox)

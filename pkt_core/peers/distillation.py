@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import torch
 
-from pkt_core.loading import LoadedModel
+from pkt_core.models.loading import LoadedModel
 from pkt_core.transfer.alignment_data import TokenisedSamples
-from pkt_core.transfer.frontier import (
-    forward_to_frontier,
-    frontier_layers,
-    frontier_trainable_parameters,
-    run_frontier_schedule,
+from pkt_core.transfer.forward import forward_to_frontier
+from pkt_core.transfer.frontier import frontier_trainable_parameters, run_frontier_schedule
+from pkt_core.transfer.run_skeleton import (
+    FULL_DELTA_FORMAT,
+    LORA_DELTA_FORMAT,
+    RunContext,
+    TrainedTransfer,
 )
-from pkt_core.transfer.run_skeleton import FULL_DELTA_FORMAT, LORA_DELTA_FORMAT, RunContext, TrainedTransfer
+from pkt_core.transfer.stages import frontier_layers
 from pkt_core.transfer.supervision import Supervision
 
 SOURCE_LOG_PROBS = "source_log_probs"

@@ -33,12 +33,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from pkt_core.loading import LoadedModel
+from pkt_core.models.loading import LoadedModel
 from pkt_core.peers.sublayers import BlockLayout, block_layout, find_submodule
 from pkt_core.peers.training import answer_ce, train_minibatches
 from pkt_core.transfer.alignment_data import TokenisedSamples
-from pkt_core.transfer.frontier import apply_weight_delta, block_parameter_prefix, forward_to_frontier, head_logits
-from pkt_core.transfer.run_skeleton import FULL_DELTA_FORMAT, RunContext, TrainedTransfer, read_table
+from pkt_core.transfer.forward import forward_to_frontier, head_logits
+from pkt_core.transfer.frontier import apply_weight_delta, block_parameter_prefix
+from pkt_core.transfer.run_skeleton import (
+    FULL_DELTA_FORMAT,
+    RunContext,
+    TrainedTransfer,
+    read_table,
+)
 
 PAPER_VERSION = "Tan et al. ACL 2025"
 KINDS = ("attention", "mlp")

@@ -27,14 +27,23 @@ import numpy as np
 import torch
 
 from pkt_core.errors import PktError
-from pkt_core.loading import LoadedModel
-from pkt_core.peers.sensitivity import decoder_parameter_sensitivity, layer_sensitivity, select_layers
+from pkt_core.models.loading import LoadedModel
+from pkt_core.peers.sensitivity import (
+    decoder_parameter_sensitivity,
+    layer_sensitivity,
+    select_layers,
+)
 from pkt_core.peers.subblock import SubBlock, max_sum_subblock
 from pkt_core.peers.sublayers import block_layout, find_submodule, replace_submodule
 from pkt_core.peers.training import answer_ce, train_minibatches
 from pkt_core.transfer.frontier import apply_weight_delta, block_parameter_prefix
 from pkt_core.transfer.lora import LoRALinear
-from pkt_core.transfer.run_skeleton import LORA_DELTA_FORMAT, RunContext, TrainedTransfer, read_table
+from pkt_core.transfer.run_skeleton import (
+    LORA_DELTA_FORMAT,
+    RunContext,
+    TrainedTransfer,
+    read_table,
+)
 
 PAPER_VERSION = "Zhong et al. ICLR 2024"
 LAYERS_TABLE = "seeking_layers.parquet"

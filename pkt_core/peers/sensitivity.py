@@ -14,10 +14,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pkt_core.loading import LoadedModel
+from pkt_core.models.loading import LoadedModel
 from pkt_core.transfer.alignment_data import TokenisedSamples
-from pkt_core.transfer.attribution import answer_loss
-from pkt_core.transfer.frontier import TransferCancelled, block_parameter_prefix, forward_to_frontier
+from pkt_core.transfer.forward import answer_loss, forward_to_frontier
+from pkt_core.transfer.frontier import block_parameter_prefix
+from pkt_core.transfer.stages import TransferCancelled
 
 
 def decoder_parameter_sensitivity(

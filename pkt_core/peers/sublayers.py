@@ -1,6 +1,6 @@
 """Where a decoder block keeps its attention and MLP sublayers, per supported family.
 
-:mod:`pkt_core.architecture` knows the model-level parts (decoder layers, final norm, embeddings,
+:mod:`pkt_core.models.architecture` knows the model-level parts (decoder layers, final norm, embeddings,
 LM head); the peer methods also need the inside of a block: the weight matrices Seeking Neural
 Nuggets extracts, and the output projections whose input units are LaTen's neurons. Dispatch is
 explicit on the family; an unknown family, or a block without the expected modules, raises.
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pkt_core.architecture import ArchitectureAdapter
 from pkt_core.errors import UnsupportedArchitectureError
+from pkt_core.models.architecture import ArchitectureAdapter
 
 
 @dataclass(frozen=True)

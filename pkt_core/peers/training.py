@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from pkt_core.loading import LoadedModel
+from pkt_core.models.loading import LoadedModel
 from pkt_core.transfer.alignment_data import TokenisedSamples
-from pkt_core.transfer.attribution import answer_loss
-from pkt_core.transfer.frontier import TransferCancelled, forward_to_frontier
+from pkt_core.transfer.forward import answer_loss, forward_to_frontier
+from pkt_core.transfer.stages import TransferCancelled
 
 WHOLE_MODEL_STAGE = -1
 LossTerms = Callable[[TokenisedSamples], dict[str, torch.Tensor]]

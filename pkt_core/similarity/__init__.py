@@ -8,10 +8,26 @@ layer pairs at once; :class:`MinibatchCKA` accumulates CKA over batches and proc
 """
 
 from pkt_core.similarity.cca import mean_cca, pwcca, svcca
-from pkt_core.similarity.cka import linear_cka, linear_cka_matrix, rbf_cka, rbf_cka_matrix
-from pkt_core.similarity.errors import DegenerateRepresentationError, SimilarityWarning, UnknownMeasureError
+from pkt_core.similarity.cka import (
+    linear_cka,
+    linear_cka_matrix,
+    rbf_cka,
+    rbf_cka_matrix,
+)
+from pkt_core.similarity.errors import (
+    DegenerateRepresentationError,
+    SimilarityWarning,
+    UnknownMeasureError,
+)
 from pkt_core.similarity.layer_matrix import layer_similarity_matrix, similarity
-from pkt_core.similarity.measures import MEASURES, Invariance, Kind, Measure, get_measure, measure_names
+from pkt_core.similarity.measures import (
+    MEASURES,
+    Invariance,
+    Kind,
+    Measure,
+    get_measure,
+    measure_names,
+)
 from pkt_core.similarity.minibatch import MinibatchCKA
 from pkt_core.similarity.neighbours import mutual_knn_overlap
 from pkt_core.similarity.procrustes import procrustes_distance, procrustes_similarity

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import pkt_core
-from pkt_core.activation_store import ActivationSet, open_activations
+from pkt_core.capture.activation_store import ActivationSet, open_activations
 from pkt_core.errors import ActivationStoreError, SimilarityInputError
 from pkt_core.similarity.layer_matrix import layer_similarity_matrix
 from pkt_core.similarity.measures import get_measure

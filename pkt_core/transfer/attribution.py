@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pkt_core.loading import LoadedModel
+from pkt_core.models.loading import LoadedModel
 from pkt_core.transfer.alignment_data import TokenisedSamples
+from pkt_core.transfer.forward import answer_loss
 
 PAPER_VERSION = "v1"
 
@@ -38,19 +39,10 @@ class LayerAttribution:
         ]
 
 
-def answer_loss(logits: torch.Tensor, batch: TokenisedSamples) -> torch.Tensor:
-    """Mean cross-entropy of the answer tokens (the logit at t predicts the token at t + 1).
-
-    ``logits`` is either (batch x tokens x V) or already the answer-prediction rows (rows x V).
-    """
-    mask = batch.prediction_mask().to(logits.device)
-    targets = batch.next_tokens().to(logits.device)[mask]
-    rows = logits if logits.dim() == 2 else logits[mask]
-    return torch.nn.functional.cross_entropy(rows.float(), targets)
 
 
 def layer_gradient_x_activation(loaded: LoadedModel, samples: TokenisedSamples, batch_size: int = 8) -> LayerAttribution:
-    from pkt_core.transfer.frontier import forward_to_frontier
+    from pkt_core.transfer.forward import forward_to_frontier
 
     model = loaded.model
     layers = loaded.adapter.decoder_layers()

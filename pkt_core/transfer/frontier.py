@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from pkt_core.capture import position_ids_from_mask
 from pkt_core.errors import PktError
-from pkt_core.loading import LoadedModel
+from pkt_core.models.loading import LoadedModel
 from pkt_core.transfer import losses as loss_functions
 from pkt_core.transfer.alignment_data import TokenisedSamples
-from pkt_core.transfer.attribution import answer_loss
 from pkt_core.transfer.config import TransferConfig
-from pkt_core.transfer.lora import DEFAULT_LORA_TARGETS, LoRALinear, attach_lora, detach_lora
+from pkt_core.transfer.forward import answer_loss, forward_to_frontier, frontier_site_states, layer_token_mask
+from pkt_core.transfer.lora import (
+    DEFAULT_LORA_TARGETS,
+    LoRALinear,
+    attach_lora,
+    detach_lora,
+)
+from pkt_core.transfer.stages import TransferCancelled, frontier_layers
 from pkt_core.transfer.supervision import Supervision
 
 if TYPE_CHECKING:
@@ -33,87 +37,18 @@ PAPER_VERSION = "v2-reconstructed"
 StepCallback = Callable[[str, int, float], None]
 
 
-class TransferCancelled(PktError):
-    """The user cancelled the run; the partial run stays resumable and is marked cancelled."""
 
 
-class _StopForward(Exception):
-    """Raised from a hook after the frontier layer when nothing downstream is needed."""
 
 
-@dataclass
-class FrontierOutputs:
-    resid_pre: torch.Tensor
-    resid_post: torch.Tensor
-    answer_logits: torch.Tensor | None  # rows = prediction positions, in row-major order
 
 
-def head_logits(loaded: LoadedModel, normed_rows: torch.Tensor) -> torch.Tensor:
-    """LM-head logits of final-normed hidden rows (with Gemma's final soft-capping where set)."""
-    logits = loaded.adapter.lm_head()(normed_rows)
-    cap = getattr(loaded.model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
 
 
-def forward_to_frontier(
-    loaded: LoadedModel, batch: TokenisedSamples, layer: int, need_logits: bool
-) -> FrontierOutputs:
-    """Run the target up to the frontier layer, or on to the final norm when logits are needed.
-
-    The LM head is applied only at the answer-prediction positions: on a 150k vocabulary the
-    full (tokens x V) logits would cost more than the whole transformer stack.
-    """
-    block = loaded.adapter.decoder_layers()[layer]
-    captured: dict[str, torch.Tensor] = {}
-
-    def pre_hook(module, args, kwargs):
-        captured["pre"] = args[0] if args else kwargs["hidden_states"]
-
-    def post_hook(module, args, kwargs, output):
-        captured["post"] = output[0] if isinstance(output, tuple) else output
-        if not need_logits:
-            raise _StopForward
-
-    def final_norm_hook(module, args, output):
-        captured["final"] = output
-        raise _StopForward
-
-    handles = [block.register_forward_pre_hook(pre_hook, with_kwargs=True),
-               block.register_forward_hook(post_hook, with_kwargs=True)]
-    if need_logits:
-        handles.append(loaded.adapter.final_norm().register_forward_hook(final_norm_hook))
-    ids = batch.input_ids.to(loaded.input_device)
-    mask = batch.attention_mask.to(loaded.input_device)
-    try:
-        loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    answer_logits = None
-    if need_logits:
-        final = captured["final"]
-        answer_logits = head_logits(loaded, final[batch.prediction_mask().to(final.device)])
-    return FrontierOutputs(captured["pre"], captured["post"], answer_logits)
 
 
-def frontier_site_states(loaded: LoadedModel, outputs: FrontierOutputs, site: str, final_norm_applied: bool
-                         ) -> torch.Tensor:
-    """The frontier layer's states at ``site``: block output (final-normed when the supervision
-    is) or the block's residual contribution."""
-    if site != "block_output":
-        return outputs.resid_post - outputs.resid_pre
-    return loaded.adapter.final_norm()(outputs.resid_post) if final_norm_applied else outputs.resid_post
 
 
-def layer_token_mask(batch: TokenisedSamples, drop_first_position: bool) -> torch.Tensor:
-    mask = batch.attention_mask.bool().clone()
-    if drop_first_position:
-        mask &= position_ids_from_mask(batch.attention_mask) > 0
-    return mask
 
 
 def _answer_row_offsets(samples: TokenisedSamples) -> torch.Tensor:
@@ -289,14 +224,6 @@ def run_frontier_schedule(context: "RunContext", supervision: Supervision) -> di
     return delta
 
 
-def frontier_layers(target: LoadedModel, config: TransferConfig) -> list[int]:
-    """The target layers the frontier schedule trains (``config.stages``, default all)."""
-    count = target.adapter.num_layers
-    layers = list(config.stages) if config.stages is not None else list(range(count))
-    bad = [k for k in layers if not 0 <= k < count]
-    if bad:
-        raise PktError(f"stages {bad} are not target layers (0..{count - 1})")
-    return layers
 
 
 def frontier_trainable_parameters(target: LoadedModel, config: TransferConfig) -> int:

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pkt_core.loading import LoadedModel
-from pkt_core.run_store import RunWriter
-from pkt_core.vocabulary import compare_vocabularies
+from pkt_core.models.loading import LoadedModel
+from pkt_core.models.vocabulary import compare_vocabularies
+from pkt_core.runs.writer import RunWriter
 from pkt_core.transfer import semantic_bases
 from pkt_core.transfer.alignment_data import AlignmentSample
 from pkt_core.transfer.attribution import LayerAttribution, layer_gradient_x_activation
 from pkt_core.transfer.config import TransferConfig
-from pkt_core.transfer.frontier import frontier_layers, frontier_trainable_parameters, run_frontier_schedule
+from pkt_core.transfer.frontier import frontier_trainable_parameters, run_frontier_schedule
 from pkt_core.transfer.layer_mapping import (
     LayerMapping,
     attribution_monotone_map,
@@ -54,8 +54,17 @@ from pkt_core.transfer.run_skeleton import (  # noqa: F401  (re-exported: the pi
     run_with_skeleton,
     transferred_view,
 )
-from pkt_core.transfer.sequence_alignment import SEQUENCE_LEVEL, build_sequence_supervision
-from pkt_core.transfer.supervision import Supervision, _final_norm_cpu, build_supervision, collect_layer_states
+from pkt_core.transfer.sequence_alignment import (
+    SEQUENCE_LEVEL,
+    build_sequence_supervision,
+)
+from pkt_core.transfer.stages import frontier_layers
+from pkt_core.transfer.supervision import (
+    Supervision,
+    _final_norm_cpu,
+    build_supervision,
+    collect_layer_states,
+)
 
 # Attribution keeps every layer's activations of the source for the backward pass: small
 # batches keep that peak near a forward pass (16 x 256 tokens through a 1.5B model in one

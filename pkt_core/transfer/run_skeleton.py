@@ -28,22 +28,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pkt_core.capture import position_ids_from_mask
+from pkt_core.capture.hooks import position_ids_from_mask
 from pkt_core.errors import VocabularyMismatchError
-from pkt_core.loading import LoadedModel, load_model
+from pkt_core.jobs.resource_monitor import PeakMemoryMonitor
+from pkt_core.models.loading import LoadedModel, load_model
+from pkt_core.models.vocabulary import compare_vocabularies
 from pkt_core.paths import pkt_home
-from pkt_core.resource_monitor import PeakMemoryMonitor
-from pkt_core.run_store import RunWriter
+from pkt_core.runs.writer import RunWriter
 from pkt_core.similarity import layer_similarity_matrix
 from pkt_core.transfer import semantic_bases
-from pkt_core.transfer.alignment_data import AlignmentSample, TokenisedSamples, tokenise_samples
+from pkt_core.transfer.alignment_data import (
+    AlignmentSample,
+    TokenisedSamples,
+    tokenise_samples,
+)
 from pkt_core.transfer.config import TransferConfig
-from pkt_core.transfer.frontier import TransferCancelled, frontier_layers
 from pkt_core.transfer.losses import LOSS_PAPER_VERSIONS
 from pkt_core.transfer.sequence_alignment import LEVEL_NOTE, SEQUENCE_LEVEL
+from pkt_core.transfer.stages import TransferCancelled, frontier_layers
 from pkt_core.transfer.supervision import _final_norm_cpu, collect_layer_states
 from pkt_core.transfer.task_samples import load_alignment_and_probes
-from pkt_core.vocabulary import compare_vocabularies
 
 ProgressCallback = Callable[[str, int, float], None]
 CKA_MAX_ROWS = 1024

@@ -11,7 +11,7 @@ tokenizer, and two places line up exactly:
   token in both tokenizations (the prompt ends at the same character).
 
 The semantic bases are built on the shared-token subset (the strings both vocabularies hold,
-index-aligned by :func:`pkt_core.vocabulary.compare_vocabularies`), so ``M = S_tgt S_src^T``
+index-aligned by :func:`pkt_core.models.vocabulary.compare_vocabularies`), so ``M = S_tgt S_src^T``
 decomposes over tokens that mean the same string on both sides. The losses then compare:
 
 * ``layer_cosine``: pooled target state vs. pooled mapped source state, per sequence;
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import torch
 
-from pkt_core.capture import position_ids_from_mask
-from pkt_core.loading import LoadedModel
+from pkt_core.capture.hooks import position_ids_from_mask
+from pkt_core.models.loading import LoadedModel
 from pkt_core.transfer import losses as loss_functions
 from pkt_core.transfer.alignment_data import TokenisedSamples
 from pkt_core.transfer.layer_mapping import LayerMapping
@@ -152,7 +152,7 @@ def sequence_stage_losses(
         return supervision.targets[(layer, site)][index].to(device, outputs.resid_post.dtype)
 
     def site_states(site: str) -> torch.Tensor:
-        from pkt_core.transfer.frontier import frontier_site_states
+        from pkt_core.transfer.forward import frontier_site_states
 
         return frontier_site_states(loaded, outputs, site, supervision.final_norm_applied)
 
@@ -177,7 +177,7 @@ def sequence_stage_losses(
         answers = batch.next_tokens()[batch.prediction_mask()].to(logits.device)
         terms["output_cosine"] = loss_functions.output_cosine_loss(logits, answers)
     if "answer_ce" in weights:
-        from pkt_core.transfer.attribution import answer_loss
+        from pkt_core.transfer.forward import answer_loss
 
         terms["answer_ce"] = answer_loss(outputs.answer_logits, batch)
     if "output_kl" in weights:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pkt_core.capture import position_ids_from_mask, record_residuals
-from pkt_core.loading import LoadedModel
+from pkt_core.capture.hooks import position_ids_from_mask, record_residuals
+from pkt_core.models.loading import LoadedModel
 from pkt_core.transfer.alignment_data import TokenisedSamples
 from pkt_core.transfer.layer_mapping import LayerMapping
 
@@ -53,7 +53,7 @@ def collect_layer_states(
         mask = samples.attention_mask[index].to(loaded.input_device)
         with torch.no_grad(), record_residuals(loaded.model, layers) as recorder:
             if with_answer_log_probs:
-                from pkt_core.transfer.frontier import forward_to_frontier
+                from pkt_core.transfer.forward import forward_to_frontier
 
                 sub_batch = samples.select(indices)
                 answer_logits = forward_to_frontier(loaded, sub_batch, loaded.adapter.num_layers - 1, True).answer_logits

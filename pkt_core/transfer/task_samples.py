@@ -7,11 +7,18 @@ projections and CKA) comes from evaluation items and is never trained on.
 
 from __future__ import annotations
 
-from pkt_core.evaluation.prompts import build_prompt, prompt_variant
+from pkt_core.evaluation.prompts import (
+    MMLU_CHOICE_LETTERS,
+    build_prompt,
+    prompt_variant,
+)
 from pkt_core.evaluation.splits import alignment_items, evaluation_items
 from pkt_core.evaluation.tasks import TaskItem
-from pkt_core.prompt_sources import MMLU_CHOICE_LETTERS
-from pkt_core.transfer.alignment_data import AlignmentSample, samples_from_file, take_samples
+from pkt_core.transfer.alignment_data import (
+    AlignmentSample,
+    samples_from_file,
+    take_samples,
+)
 
 
 def alignment_answer(item: TaskItem) -> str:

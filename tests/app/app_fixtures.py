@@ -16,8 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pkt_core.loading import wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
+from pkt_core.models.loading import wrap_loaded_model
+from pkt_core.models.synthetic import (
+    byte_level_tokenizer,
+    random_model_from_config,
+    tiny_config,
+)
 
 ROLES = ("source", "target_before", "target_after")
 APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
@@ -66,9 +70,9 @@ def transfer_config(source: Path, target: Path, **changes):
 
 def make_run(folder: Path, models: Path, evaluate_roles: bool = True) -> Path:
     """Write a complete run to ``folder`` (its parent must exist); model folders go under ``models``."""
-    from pkt_core.loading import load_model
-    from pkt_core.run_reader import apply_run_to_model, open_run
-    from pkt_core.run_store import write_json_atomic
+    from pkt_core.models.loading import load_model
+    from pkt_core.runs.reader import apply_run_to_model, open_run
+    from pkt_core.runs.writer import write_json_atomic
     from pkt_core.transfer.pipeline import run_transfer
 
     source_path, target_path = save_pair(models)
@@ -82,7 +86,7 @@ def make_run(folder: Path, models: Path, evaluate_roles: bool = True) -> Path:
     run = open_run(run_folder)
     after = load_model(str(target_path))
     apply_run_to_model(after.model, run)
-    from pkt_core.loading import wrap_loaded_model
+    from pkt_core.models.loading import wrap_loaded_model
 
     after = wrap_loaded_model(after.model, after.tokenizer, "tiny-target-after")
     models_by_role = {"source": load_model(str(source_path)), "target_before": load_model(str(target_path)),

@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from app_fixtures import APP
 
 CHROMIUM = "/usr/bin/chromium"

@@ -10,9 +10,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from pkt_core import figures  # noqa: E402
-from pkt_core.projections import project, projection_figure  # noqa: E402
-from pkt_core.run_reader import open_run  # noqa: E402
+from pkt_core.figures import alignment_page, benchmarks_page, export, mapping_page  # noqa: E402
+from pkt_core.figures.projections import project, projection_figure  # noqa: E402
+from pkt_core.figures.spec import PAPER, FigureError  # noqa: E402
+from pkt_core.runs.reader import open_run  # noqa: E402
 
 
 def check_pdf(data: bytes) -> None:
@@ -46,15 +47,15 @@ def check_png(data: bytes, max_width_in: float, dpi: int) -> tuple[int, int]:
 
 def _specs(run):
     return [
-        figures.alignment_heatmap(run, "linear_cka", "target_source_before"),
-        figures.alignment_heatmap(run, "linear_cka", figures.DIFFERENCE_VIEW),
-        figures.alignment_profiles(run, "linear_cka"),
-        figures.mapping_bipartite(run, ["depth", "depth+critical"]),
-        figures.attribution_bars(run, "signed"),
-        figures.fidelity_lines(run),
-        figures.stage_loss_lines(run),
-        figures.benchmark_bars(run, "mmlu", "acc"),
-        figures.per_subject_bars(run, "mmlu", "acc", ["anatomy", "astronomy"]),
+        alignment_page.alignment_heatmap(run, "linear_cka", "target_source_before"),
+        alignment_page.alignment_heatmap(run, "linear_cka", alignment_page.DIFFERENCE_VIEW),
+        alignment_page.alignment_profiles(run, "linear_cka"),
+        mapping_page.mapping_bipartite(run, ["depth", "depth+critical"]),
+        mapping_page.attribution_bars(run, "signed"),
+        mapping_page.fidelity_lines(run),
+        mapping_page.stage_loss_lines(run),
+        benchmarks_page.benchmark_bars(run, "mmlu", "acc"),
+        benchmarks_page.per_subject_bars(run, "mmlu", "acc", ["anatomy", "astronomy"]),
         projection_figure(run, project(run, 1, 2, "pca"), "correctness"),
     ]
 
@@ -62,29 +63,29 @@ def _specs(run):
 def test_every_figure_kind_exports_to_files_that_parse(app_run):
     run = open_run(app_run)
     for spec in _specs(run):
-        check_pdf(figures.export_figure(spec, "pdf"))
-        root = check_svg(figures.export_figure(spec, "svg"))
+        check_pdf(export.export_figure(spec, "pdf"))
+        root = check_svg(export.export_figure(spec, "svg"))
         # Text stays text in the SVG (editable in a paper): the title is there as characters.
         assert spec.title in "".join(root.itertext())
-        check_png(figures.export_figure(spec, "png"), figures.PAPER.single_column_in, figures.PAPER.dpi)
-        frame = pd.read_csv(io.BytesIO(figures.export_figure(spec, "csv")))
+        check_png(export.export_figure(spec, "png"), PAPER.single_column_in, PAPER.dpi)
+        frame = pd.read_csv(io.BytesIO(export.export_figure(spec, "csv")))
         assert list(frame.columns) == list(spec.data.columns) and len(frame) == len(spec.data)
-        caption = json.loads(figures.export_figure(spec, "json"))
+        caption = json.loads(export.export_figure(spec, "json"))
         assert caption["run_id"] == run.run_id and caption["figure"] == spec.name
         assert caption["export"]["palette"] == "Okabe-Ito" and caption["export"]["width_in"] == 3.5
 
 
 def test_csv_is_the_data_drawn_and_the_caption_names_measure_and_options(app_run):
     run = open_run(app_run)
-    spec = figures.alignment_heatmap(run, "linear_cka", "target_source_after", mapping="cka-monotone")
-    frame = pd.read_csv(io.BytesIO(figures.export_figure(spec, "csv")))
+    spec = alignment_page.alignment_heatmap(run, "linear_cka", "target_source_after", mapping="cka-monotone")
+    frame = pd.read_csv(io.BytesIO(export.export_figure(spec, "csv")))
     matrix = json.loads((app_run / "cka_target_source_after.json").read_text())["values"]
     for row in frame.itertuples():
         assert row.value == pytest.approx(matrix[row.row_layer][row.col_layer])
     mapping = json.loads((app_run / "mappings.json").read_text())["mappings"]["cka-monotone"]["table"]
     marked = sorted((int(r.row_layer), int(r.col_layer)) for r in frame.itertuples() if r.mapping_weight > 0)
     assert marked == sorted((row["target_layer"], s) for row in mapping for s in row["source_layers"])
-    caption = json.loads(figures.export_figure(spec, "json", width="double"))
+    caption = json.loads(export.export_figure(spec, "json", width="double"))
     assert (caption["measure"], caption["view"], caption["mapping"]) == ("linear_cka", "target_source_after",
                                                                         "cka-monotone")
     assert caption["export"]["width_in"] == 7.1 and "position 0" in caption["outlier_handling"]
@@ -92,17 +93,17 @@ def test_csv_is_the_data_drawn_and_the_caption_names_measure_and_options(app_run
 
 def test_double_column_is_wider_and_bundle_writes_every_format(app_run, tmp_path):
     run = open_run(app_run)
-    spec = figures.alignment_heatmap(run, "linear_cka", "target_source_before")
-    single = check_png(figures.export_figure(spec, "png", width="single"), 3.5, 300)
-    double = check_png(figures.export_figure(spec, "png", width="double"), 7.1, 300)
+    spec = alignment_page.alignment_heatmap(run, "linear_cka", "target_source_before")
+    single = check_png(export.export_figure(spec, "png", width="single"), 3.5, 300)
+    double = check_png(export.export_figure(spec, "png", width="double"), 7.1, 300)
     assert double[0] > 1.6 * single[0]
-    written = figures.export_bundle(spec, tmp_path)
+    written = export.export_bundle(spec, tmp_path)
     assert sorted(p.suffix for p in written) == [".csv", ".json", ".pdf", ".png", ".svg"]
     assert all(p.name.startswith(run.run_id) for p in written)
-    with pytest.raises(figures.FigureError, match="cannot export as 'eps'"):
-        figures.export_figure(spec, "eps")
-    with pytest.raises(figures.FigureError, match="single' or 'double"):
-        figures.export_figure(spec, "png", width="triple")
+    with pytest.raises(FigureError, match="cannot export as 'eps'"):
+        export.export_figure(spec, "eps")
+    with pytest.raises(FigureError, match="single' or 'double"):
+        export.export_figure(spec, "png", width="triple")
 
 
 def test_the_apps_download_buttons_serve_server_made_files(app_test, app_run, deferred_downloads):
@@ -124,7 +125,7 @@ def test_the_library_modules_behind_the_app_never_import_streamlit():
     import subprocess
     import sys
 
-    code = ("import sys, pkt_core.figures, pkt_core.projections, pkt_core.jobs, pkt_core.run_reader; "
+    code = ("import sys, pkt_core.figures, pkt_core.figures.projections, pkt_core.jobs.queue, pkt_core.runs.reader; "
             "print('streamlit' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -11,8 +11,10 @@ import pytest
 pytest.importorskip("streamlit")
 
 from app_fixtures import APP, addition_file, save_pair, texts  # noqa: E402
-from pkt_core import jobs  # noqa: E402
-from pkt_core.run_reader import open_run  # noqa: E402
+
+from pkt_core.jobs import queue as job_queue  # noqa: E402
+from pkt_core.jobs import worker as job_worker
+from pkt_core.runs.reader import open_run  # noqa: E402
 
 
 def _wait(condition, timeout=240.0, every=0.25, what="condition"):
@@ -23,7 +25,7 @@ def _wait(condition, timeout=240.0, every=0.25, what="condition"):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}; jobs: "
-                         + json.dumps([(j.id, j.state, j.status.get("error")) for j in jobs.list_jobs()]))
+                         + json.dumps([(j.id, j.state, j.status.get("error")) for j in job_queue.list_jobs()]))
 
 
 def _config(models, data, **changes):
@@ -46,7 +48,7 @@ def reap(monkeypatch):
     monkeypatch.setenv("PKT_JOBS_IDLE_EXIT", "1")
     started = []
     yield started
-    _wait(lambda: not jobs.worker_alive(), timeout=120, what="the worker to leave")
+    _wait(lambda: not job_queue.worker_alive(), timeout=120, what="the worker to leave")
     for process in started:
         if process is not None:
             try:
@@ -57,28 +59,28 @@ def reap(monkeypatch):
 
 
 def test_bad_requests_are_refused_when_submitted(pair_and_data):
-    from pkt_core.registry import UnknownModelError
+    from pkt_core.models.registry import UnknownModelError
     from pkt_core.transfer.config import TransferConfigError
 
     models, data = pair_and_data
     with pytest.raises(TransferConfigError, match="unknown SemAlign variant"):
-        jobs.submit("transfer", {"config": _config(models, data, variant="v9")})
+        job_queue.submit("transfer", {"config": _config(models, data, variant="v9")})
     with pytest.raises(UnknownModelError, match="unknown model"):
-        jobs.submit("fetch", {"name": "no-such-model"})
-    with pytest.raises(jobs.JobError, match="unknown job kind"):
-        jobs.submit("train", {})
-    assert jobs.list_jobs() == []
+        job_queue.submit("fetch", {"name": "no-such-model"})
+    with pytest.raises(job_queue.JobError, match="unknown job kind"):
+        job_queue.submit("train", {})
+    assert job_queue.list_jobs() == []
 
 
 def test_one_job_at_a_time_the_second_queues_and_a_cancelled_run_stays_resumable(pair_and_data, tmp_path, reap):
     models, data = pair_and_data
-    long_run = jobs.submit("transfer", {"config": _config(models, data, steps_per_stage=100_000),
+    long_run = job_queue.submit("transfer", {"config": _config(models, data, steps_per_stage=100_000),
                                         "out": str(tmp_path / "runs" / "long")})
-    short_run = jobs.submit("transfer", {"config": _config(models, data), "out": str(tmp_path / "runs" / "short")})
-    reap.append(jobs.ensure_worker())
+    short_run = job_queue.submit("transfer", {"config": _config(models, data), "out": str(tmp_path / "runs" / "short")})
+    reap.append(job_queue.ensure_worker())
 
     def training_first_stage():
-        job = jobs.get_job(long_run.id)
+        job = job_queue.get_job(long_run.id)
         stage = next((s for s in job.stages if s["name"] == "stage-000"), None)
         return stage is not None and stage["done"] >= 2 and job
 
@@ -88,22 +90,22 @@ def test_one_job_at_a_time_the_second_queues_and_a_cancelled_run_stays_resumable
     assert [s["state"] for s in job.stages if s["name"] in pre_training] == ["done"] * 6
     assert isinstance(next(s for s in job.stages if s["name"] == "stage-000")["loss"], float)
     # The second job waits, and says for what.
-    assert jobs.get_job(short_run.id).state == "queued"
-    assert "waiting for transfer v1 addition.jsonl" in jobs.queue_message(jobs.get_job(short_run.id))
+    assert job_queue.get_job(short_run.id).state == "queued"
+    assert "waiting for transfer v1 addition.jsonl" in job_queue.queue_message(job_queue.get_job(short_run.id))
     # A second worker finds the lock taken and leaves at once, running nothing.
     second = subprocess.run([sys.executable, "-m", "pkt_core.jobs", "worker", "--idle-exit", "0"],
                             capture_output=True, text=True, timeout=120)
     assert "ran 0 job(s)" in second.stdout, second.stderr
-    assert jobs.worker_alive()
+    assert job_queue.worker_alive()
 
-    jobs.cancel(long_run.id)
-    cancelled = _wait(lambda: jobs.get_job(long_run.id).state == "cancelled" and jobs.get_job(long_run.id),
+    job_queue.cancel(long_run.id)
+    cancelled = _wait(lambda: job_queue.get_job(long_run.id).state == "cancelled" and job_queue.get_job(long_run.id),
                       what="the cancel")
     assert "cancelled" in cancelled.status["error"].lower()
     partial = json.loads((tmp_path / "runs" / "long.partial" / "manifest.json").read_text())
     assert partial["status"] == "cancelled" and not (tmp_path / "runs" / "long").exists()
 
-    done = _wait(lambda: jobs.get_job(short_run.id).finished and jobs.get_job(short_run.id), what="the short run")
+    done = _wait(lambda: job_queue.get_job(short_run.id).finished and job_queue.get_job(short_run.id), what="the short run")
     assert done.state == "done", done.status.get("error")
     run = open_run(done.status["result"])
     assert run.manifest["status"] == "complete" and run.manifest["config"]["data_file"] == str(data)
@@ -113,16 +115,16 @@ def test_one_job_at_a_time_the_second_queues_and_a_cancelled_run_stays_resumable
 
 def test_a_queued_job_cancelled_never_starts_and_a_dead_worker_is_noticed(pair_and_data):
     models, data = pair_and_data
-    job = jobs.submit("transfer", {"config": _config(models, data)})
-    assert jobs.cancel(job.id).state == "cancelled"
-    assert jobs.run_job(jobs.get_job(job.id)).state == "cancelled"  # the worker skips it
-    orphan = jobs.submit("transfer", {"config": _config(models, data)})
+    job = job_queue.submit("transfer", {"config": _config(models, data)})
+    assert job_queue.cancel(job.id).state == "cancelled"
+    assert job_worker.run_job(job_queue.get_job(job.id)).state == "cancelled"  # the worker skips it
+    orphan = job_queue.submit("transfer", {"config": _config(models, data)})
     status = {**orphan.status, "state": "running", "pid": 2 ** 22 + 12345}  # no such process
     (orphan.folder / "status.json").write_text(json.dumps(status))
-    read = jobs.get_job(orphan.id)
+    read = job_queue.get_job(orphan.id)
     assert read.state == "failed" and "ended without finishing" in read.status["error"]
-    with pytest.raises(jobs.JobError, match="no job"):
-        jobs.get_job("missing")
+    with pytest.raises(job_queue.JobError, match="no job"):
+        job_queue.get_job("missing")
 
 
 def test_new_run_page_submits_to_the_worker_follows_progress_and_the_run_appears(pair_and_data, isolated_pkt_home,
@@ -150,10 +152,10 @@ def test_new_run_page_submits_to_the_worker_follows_progress_and_the_run_appears
     at.button(key="new_submit").click().run()
     assert not at.exception
     assert "Submitted" in at.success[0].value
-    [job] = jobs.list_jobs()
+    [job] = job_queue.list_jobs()
     assert job.params["config"]["stages"] == [0, 1] and job.params["config"]["steps_per_stage"] == 1
-    reap.append(jobs.ensure_worker())  # the page started one already: this finds it working
-    done = _wait(lambda: jobs.get_job(job.id).finished and jobs.get_job(job.id), what="the page's run")
+    reap.append(job_queue.ensure_worker())  # the page started one already: this finds it working
+    done = _wait(lambda: job_queue.get_job(job.id).finished and job_queue.get_job(job.id), what="the page's run")
     assert done.state == "done", done.status.get("error")
 
     at.run()
@@ -174,7 +176,7 @@ def test_peer_methods_are_offered_with_their_own_budget_and_submitted(pair_and_d
 
     from pkt_core.transfer.config import TransferConfig
 
-    monkeypatch.setattr(jobs, "ensure_worker", lambda *a, **k: None)  # the submission is what is tested
+    monkeypatch.setattr(job_queue, "ensure_worker", lambda *a, **k: None)  # the submission is what is tested
 
     (source, target), data = pair_and_data
     at = AppTest.from_file(APP, default_timeout=120).run()
@@ -193,9 +195,9 @@ def test_peer_methods_are_offered_with_their_own_budget_and_submitted(pair_and_d
     at.number_input(key="new_epochs_laten").set_value(2)
     at.button(key="new_submit").click().run()
     assert not at.exception and "Submitted" in at.success[0].value
-    [job] = jobs.list_jobs()
+    [job] = job_queue.list_jobs()
     assert job.params["config"]["method"] == "laten" and job.params["config"]["epochs"] == 2
-    plan = [name for name, _, _ in jobs.transfer_plan(TransferConfig(**job.params["config"]), 3)]
+    plan = [name for name, _, _ in job_worker.transfer_plan(TransferConfig(**job.params["config"]), 3)]
     assert plan[-2:] == ["hypernetworks", "probe_after"] and "location" in plan and "stage-000" not in plan
 
 
@@ -203,15 +205,15 @@ def test_the_page_lists_the_models_the_worker_holds_and_unloads_them(pair_and_da
     from streamlit.testing.v1 import AppTest
 
     models, data = pair_and_data
-    jobs.submit("transfer", {"config": _config(models, data)})
+    job_queue.submit("transfer", {"config": _config(models, data)})
     record = {"pid": 1, "models": [{"name": "qwen-coder-1.5b", "dtype": "fp32", "device": "cpu",
                                     "weight_mib": 6790.0, "reference": "qwen-coder-1.5b", "uses": 2}]}
-    (jobs.jobs_dir() / jobs.WORKER_RECORD).write_text(json.dumps(record))
-    monkeypatch.setattr(jobs, "worker_alive", lambda: True)
-    monkeypatch.setattr(jobs, "ensure_worker", lambda *a, **k: None)
+    (job_queue.jobs_dir() / job_queue.WORKER_RECORD).write_text(json.dumps(record))
+    monkeypatch.setattr(job_queue, "worker_alive", lambda: True)
+    monkeypatch.setattr(job_queue, "ensure_worker", lambda *a, **k: None)
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.switch_page("views/new_run.py").run()
     assert not at.exception
     assert any("Loaded in the worker" in c.value and "qwen-coder-1.5b" in c.value for c in at.caption)
     at.button(key="unload_models").click().run()
-    assert (jobs.jobs_dir() / jobs.UNLOAD).exists()
+    assert (job_queue.jobs_dir() / job_queue.UNLOAD).exists()

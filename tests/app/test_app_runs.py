@@ -10,7 +10,6 @@ pytest.importorskip("streamlit")
 
 from app_fixtures import chart, copy_run, decode, texts  # noqa: E402
 
-
 TABLE_COLUMNS = {"runs_table": "gains", "broken_runs": "problem", "compare_table": ""}
 
 
@@ -107,9 +106,8 @@ def test_explore_switches_to_the_run_and_two_runs_compare(app_test, isolated_pkt
 
 
 def test_empty_home_says_there_are_no_runs(isolated_pkt_home):
-    from streamlit.testing.v1 import AppTest
-
     from app_fixtures import APP
+    from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception

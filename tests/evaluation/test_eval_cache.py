@@ -3,8 +3,12 @@
 import torch
 
 from pkt_core.evaluation.cache import ResultCache, evaluation_fingerprint, variant_key
-from pkt_core.loading import wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
+from pkt_core.models.loading import wrap_loaded_model
+from pkt_core.models.synthetic import (
+    byte_level_tokenizer,
+    random_model_from_config,
+    tiny_config,
+)
 
 
 def test_records_round_trip_under_pkt_home(isolated_pkt_home):

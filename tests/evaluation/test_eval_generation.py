@@ -5,8 +5,12 @@ import torch
 
 from pkt_core.evaluation.generation import Sampling, cut_at_stop, generate_until
 from pkt_core.evaluation.loglikelihood import ScoringError, encode
-from pkt_core.loading import wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
+from pkt_core.models.loading import wrap_loaded_model
+from pkt_core.models.synthetic import (
+    byte_level_tokenizer,
+    random_model_from_config,
+    tiny_config,
+)
 
 PROMPTS = ["def f(x):", "Hello", "The quick brown fox jumps over the", "a"]
 

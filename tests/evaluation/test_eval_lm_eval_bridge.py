@@ -2,10 +2,18 @@
 
 import pytest
 
-from pkt_core.evaluation.lm_eval_bridge import LmEvalMissingError, harness_model, lm_eval_available
+from pkt_core.evaluation.lm_eval_bridge import (
+    LmEvalMissingError,
+    harness_model,
+    lm_eval_available,
+)
 from pkt_core.evaluation.loglikelihood import LoglikelihoodRequest, loglikelihoods
-from pkt_core.loading import wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
+from pkt_core.models.loading import wrap_loaded_model
+from pkt_core.models.synthetic import (
+    byte_level_tokenizer,
+    random_model_from_config,
+    tiny_config,
+)
 
 
 def tiny():

@@ -6,11 +6,20 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from pkt_core.evaluation.loglikelihood import (
-    LoglikelihoodRequest, ScoringError, encode, encode_pair, loglikelihoods, rolling_loglikelihood,
+    LoglikelihoodRequest,
+    ScoringError,
+    encode,
+    encode_pair,
+    loglikelihoods,
+    rolling_loglikelihood,
 )
 from pkt_core.evaluation.metrics import MetricInputError, choice_predictions
-from pkt_core.loading import wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
+from pkt_core.models.loading import wrap_loaded_model
+from pkt_core.models.synthetic import (
+    byte_level_tokenizer,
+    random_model_from_config,
+    tiny_config,
+)
 
 REQUESTS = [
     LoglikelihoodRequest("The capital of France is", " Paris"),

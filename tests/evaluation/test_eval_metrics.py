@@ -7,7 +7,11 @@ import pytest
 from scipy import stats
 
 from pkt_core.evaluation.metrics import (
-    MetricInputError, bootstrap_interval, compare_paired, mcnemar_exact_p, pass_at_k,
+    MetricInputError,
+    bootstrap_interval,
+    compare_paired,
+    mcnemar_exact_p,
+    pass_at_k,
 )
 
 

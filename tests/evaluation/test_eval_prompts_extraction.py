@@ -3,12 +3,22 @@
 import pytest
 
 from pkt_core.evaluation.extraction import (
-    INVALID_ANSWER, extract_code_block, gsm8k_exact_match, gsm8k_flexible_answer, gsm8k_strict_answer,
-    humaneval_program, mbpp_program,
+    INVALID_ANSWER,
+    extract_code_block,
+    gsm8k_exact_match,
+    gsm8k_flexible_answer,
+    gsm8k_strict_answer,
+    humaneval_program,
+    mbpp_program,
 )
-from pkt_core.evaluation.prompts import build_prompt, mmlu_continuations, prompt_variant
+from pkt_core.evaluation.prompts import (
+    build_prompt,
+    mmlu_continuations,
+    mmlu_prompt,
+    prompt_variant,
+)
 from pkt_core.evaluation.tasks import load_items
-from pkt_core.prompt_sources import DataSourceError, mmlu_prompt
+from pkt_core.offline_data import DataSourceError
 
 
 def test_mmlu_zero_shot_is_the_harness_prompt_and_letters_carry_the_delimiter():

@@ -3,7 +3,7 @@
 
 import pytest
 
-from pkt_core.registry import get_pair_spec
+from pkt_core.models.registry import get_pair_spec
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +13,7 @@ PAIR = get_pair_spec("qwen-coder-1.5b-to-0.5b")
 def test_mmlu_source_is_clearly_above_chance_and_above_the_target(real_pair_home, tmp_path):
     from pkt_core.evaluation.cache import ResultCache
     from pkt_core.evaluation.runner import EvalOptions, compare_evaluations, evaluate
-    from pkt_core.loading import load_model
+    from pkt_core.models.loading import load_model
 
     cache = ResultCache(tmp_path / "cache.sqlite")  # keep the user's evaluation cache out of the test
     options = EvalOptions("mmlu", limit=2, batch_size=4)

@@ -7,15 +7,19 @@ import pandas as pd
 import pytest
 import torch
 
-from pkt_core.cli import main
+from pkt_core.cli.main import main
 from pkt_core.evaluation import runner
 from pkt_core.evaluation.generation import Generation
 from pkt_core.evaluation.prompts import build_prompt, prompt_variant
 from pkt_core.evaluation.records import read_items, read_summary
 from pkt_core.evaluation.runner import EvalOptions, compare_evaluations, evaluate
 from pkt_core.evaluation.splits import evaluation_items, limit_subset
-from pkt_core.loading import wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
+from pkt_core.models.loading import wrap_loaded_model
+from pkt_core.models.synthetic import (
+    byte_level_tokenizer,
+    random_model_from_config,
+    tiny_config,
+)
 
 
 def tiny(seed: int = 0):

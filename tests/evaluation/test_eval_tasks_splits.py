@@ -6,10 +6,15 @@ import pytest
 
 from pkt_core.evaluation import tasks as tasks_module
 from pkt_core.evaluation.splits import (
-    SplitError, alignment_items, alignment_pool, evaluation_items, limit_subset, split_record,
+    SplitError,
+    alignment_items,
+    alignment_pool,
+    evaluation_items,
+    limit_subset,
+    split_record,
 )
 from pkt_core.evaluation.tasks import MMLU_SUBJECTS, load_items
-from pkt_core.prompt_sources import DataSourceError
+from pkt_core.offline_data import DataSourceError
 
 
 @pytest.mark.parametrize("task,split,count", [

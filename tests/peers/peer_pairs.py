@@ -6,12 +6,15 @@ only one of them is importable by that name at a time.
 
 from __future__ import annotations
 
-import random
-
-from pkt_core.loading import LoadedModel, wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
-from pkt_core.transfer.alignment_data import AlignmentSample
 from tiny_models import addition_samples  # noqa: F401  (re-exported for the tests here)
+
+from pkt_core.models.loading import LoadedModel, wrap_loaded_model
+from pkt_core.models.synthetic import (
+    byte_level_tokenizer,
+    random_model_from_config,
+    tiny_config,
+)
+from pkt_core.transfer.alignment_data import AlignmentSample
 
 
 def tiny_pair(family: str = "qwen2", source_layers: int = 4, target_layers: int = 3, source_width: int = 64,

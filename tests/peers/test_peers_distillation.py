@@ -1,14 +1,13 @@
 """The controls: logit distillation and fine-tuning train with SemAlign's own budget."""
 
 import torch
+from peer_pairs import run_samples, state_copy, tiny_pair
 
-from pkt_core.capture import position_ids_from_mask
-from pkt_core.run_reader import open_run
+from pkt_core.capture.hooks import position_ids_from_mask
+from pkt_core.runs.reader import open_run
 from pkt_core.transfer.alignment_data import tokenise_samples
 from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.pipeline import run_transfer
-
-from peer_pairs import run_samples, state_copy, tiny_pair
 
 
 def _config(method, **changes):

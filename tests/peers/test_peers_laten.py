@@ -2,15 +2,18 @@
 
 import pytest
 import torch
+from peer_pairs import addition_samples, run_samples, state_copy, tiny_pair
 
-from pkt_core.capture import position_ids_from_mask
-from pkt_core.peers.laten import HYPERNETWORK_INIT_STD, NeuronDeltaHypernetwork, logit_lens_location
-from pkt_core.run_reader import open_run
+from pkt_core.capture.hooks import position_ids_from_mask
+from pkt_core.peers.laten import (
+    HYPERNETWORK_INIT_STD,
+    NeuronDeltaHypernetwork,
+    logit_lens_location,
+)
+from pkt_core.runs.reader import open_run
 from pkt_core.transfer.alignment_data import tokenise_samples
 from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.pipeline import run_transfer
-
-from peer_pairs import addition_samples, run_samples, state_copy, tiny_pair
 
 
 def test_hypernetwork_output_is_near_zero_at_initialisation():

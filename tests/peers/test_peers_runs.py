@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
-
-from pkt_core.cli import main
-from pkt_core.run_reader import apply_run_to_model, open_run
-from pkt_core.transfer.config import TransferConfig, TransferConfigError
-from pkt_core.transfer.frontier import TransferCancelled
-from pkt_core.transfer.pipeline import run_transfer
-
 from peer_pairs import addition_samples, fresh_copy, run_samples, state_copy, tiny_pair
+
+from pkt_core.cli.main import main
+from pkt_core.runs.reader import apply_run_to_model, open_run
+from pkt_core.transfer.config import TransferConfig, TransferConfigError
+from pkt_core.transfer.pipeline import run_transfer
+from pkt_core.transfer.stages import TransferCancelled
 
 PEERS = ("seeking", "laten", "kd", "finetune")
 PAPER_VERSIONS = {"seeking": "Zhong et al. ICLR 2024", "laten": "Tan et al. ACL 2025", "kd": "control",

@@ -3,14 +3,23 @@
 import numpy as np
 import pytest
 import torch
+from peer_pairs import addition_samples, fresh_copy, state_copy, tiny_pair
 
-from pkt_core.capture import position_ids_from_mask
-from pkt_core.peers.seeking import SeekingError, check_pair, extract_knowledge, inject_extracted_knowledge, remove_lora
-from pkt_core.peers.sensitivity import decoder_parameter_sensitivity, layer_sensitivity, select_layers
+from pkt_core.capture.hooks import position_ids_from_mask
+from pkt_core.peers.seeking import (
+    SeekingError,
+    check_pair,
+    extract_knowledge,
+    inject_extracted_knowledge,
+    remove_lora,
+)
+from pkt_core.peers.sensitivity import (
+    decoder_parameter_sensitivity,
+    layer_sensitivity,
+    select_layers,
+)
 from pkt_core.transfer.alignment_data import tokenise_samples
 from pkt_core.transfer.frontier import apply_weight_delta
-
-from peer_pairs import addition_samples, fresh_copy, state_copy, tiny_pair
 
 
 def _independent_sensitivity(loaded, samples, names):

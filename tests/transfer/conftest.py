@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from transfer_fixtures import addition_samples, copy_first_operand_samples, make_pair, train_on
+from transfer_fixtures import (
+    addition_samples,
+    copy_first_operand_samples,
+    make_pair,
+    train_on,
+)
 
 
 @pytest.fixture

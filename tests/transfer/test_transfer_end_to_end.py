@@ -6,13 +6,12 @@ reported, not asserted: a direction there is not something the method promises o
 """
 
 import torch
+from transfer_fixtures import addition_samples
 
-from pkt_core.capture import position_ids_from_mask
+from pkt_core.capture.hooks import position_ids_from_mask
 from pkt_core.transfer.alignment_data import tokenise_samples
 from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.pipeline import run_transfer
-
-from transfer_fixtures import addition_samples
 
 
 def _answer_log_probs(loaded, samples):

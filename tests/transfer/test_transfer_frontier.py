@@ -1,14 +1,17 @@
 import pytest
 import torch
+from transfer_fixtures import addition_samples
 
 from pkt_core.transfer.alignment_data import tokenise_samples
 from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.frontier import apply_weight_delta, train_stage
 from pkt_core.transfer.layer_mapping import depth_map
 from pkt_core.transfer.semantic_bases import cross_model_map, semantic_basis
-from pkt_core.transfer.supervision import _final_norm_cpu, build_supervision, collect_layer_states
-
-from transfer_fixtures import addition_samples
+from pkt_core.transfer.supervision import (
+    _final_norm_cpu,
+    build_supervision,
+    collect_layer_states,
+)
 
 
 def _setup(pair, variant, trainable="block"):

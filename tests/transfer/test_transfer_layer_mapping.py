@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 from pkt_core.transfer.layer_mapping import (
+    _monotone_assignment,
     attribution_monotone_map,
     cka_monotone_map,
     depth_map,
     depth_map_one_based,
     interpolated_map,
     relocate_critical_layers,
-    _monotone_assignment,
 )
 
 

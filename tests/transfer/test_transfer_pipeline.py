@@ -3,14 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from pkt_core.run_catalogue import list_runs
-from pkt_core.run_reader import RunReadError, apply_run_to_model, open_run
-from pkt_core.transfer.config import TransferConfig
-from pkt_core.transfer.frontier import TransferCancelled
-from pkt_core.transfer.pipeline import run_transfer
-
 from transfer_fixtures import addition_samples, make_pair
+
+from pkt_core.runs.catalogue import list_runs
+from pkt_core.runs.reader import RunReadError, apply_run_to_model, open_run
+from pkt_core.transfer.config import TransferConfig
+from pkt_core.transfer.pipeline import run_transfer
+from pkt_core.transfer.stages import TransferCancelled
 
 
 def _config(**changes):
@@ -101,7 +100,7 @@ def test_resume_with_another_config_is_refused(tmp_path):
     with pytest.raises(TransferCancelled):
         run_transfer(_config(), out_dir=tmp_path / "run", source=source, target=target, samples=_samples(),
                      should_cancel=lambda: True)
-    from pkt_core.run_store import RunStoreError
+    from pkt_core.runs.writer import RunStoreError
 
     with pytest.raises(RunStoreError, match="differs in: learning_rate"):
         run_transfer(_config(learning_rate=5e-4), out_dir=tmp_path / "run", resume=True, source=source,
@@ -120,7 +119,7 @@ def test_bad_configs_are_refused():
 
 
 def test_finished_run_is_not_overwritten(tmp_path):
-    from pkt_core.run_store import RunStoreError
+    from pkt_core.runs.writer import RunStoreError
 
     source, target = make_pair()
     run_transfer(_config(steps_per_stage=1, stages=[0]), out_dir=tmp_path / "r", source=source, target=target,

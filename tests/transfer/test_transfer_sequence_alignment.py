@@ -7,14 +7,20 @@ import json
 import numpy as np
 import pytest
 import torch
+from transfer_fixtures import addition_samples, train_on
 
 from pkt_core.errors import VocabularyMismatchError
-from pkt_core.loading import wrap_loaded_model
-from pkt_core.run_reader import open_run
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
+from pkt_core.models.loading import wrap_loaded_model
+from pkt_core.models.synthetic import (
+    byte_level_tokenizer,
+    random_model_from_config,
+    tiny_config,
+)
+from pkt_core.models.vocabulary import compare_vocabularies
+from pkt_core.runs.reader import open_run
 from pkt_core.transfer.alignment_data import tokenise_samples
 from pkt_core.transfer.config import TransferConfig
-from pkt_core.transfer.frontier import forward_to_frontier
+from pkt_core.transfer.forward import forward_to_frontier
 from pkt_core.transfer.pipeline import run_transfer
 from pkt_core.transfer.sequence_alignment import (
     ANCHOR_SITE,
@@ -26,9 +32,6 @@ from pkt_core.transfer.sequence_alignment import (
     shared_log_probs,
 )
 from pkt_core.transfer.supervision import Supervision
-from pkt_core.vocabulary import compare_vocabularies
-
-from transfer_fixtures import addition_samples, train_on
 
 # Merges inside the prompts "a+b=" only, so both tokenizations end the prompt at the same character.
 SOURCE_MERGES = [("1", "+"), ("2", "+"), ("3", "+"), ("+", "5"), ("+", "6"), ("+", "7")]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import random
 
 import torch
-
-from pkt_core.capture import position_ids_from_mask
-from pkt_core.loading import wrap_loaded_model
-from pkt_core.synthetic_models import byte_level_tokenizer, random_model_from_config, tiny_config
-from pkt_core.transfer.alignment_data import AlignmentSample, tokenise_samples
 from tiny_models import addition_samples  # noqa: F401  (re-exported for the tests here)
+
+from pkt_core.capture.hooks import position_ids_from_mask
+from pkt_core.models.loading import wrap_loaded_model
+from pkt_core.models.synthetic import (
+    byte_level_tokenizer,
+    random_model_from_config,
+    tiny_config,
+)
+from pkt_core.transfer.alignment_data import AlignmentSample, tokenise_samples
 
 
 def copy_first_operand_samples(count: int, seed: int) -> list[AlignmentSample]:

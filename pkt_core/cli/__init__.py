@@ -1,0 +1,2 @@
+"""The ``pkt`` command line: one module per subcommand, tied together in :mod:`~pkt_core.cli.main`.
+"""

@@ -1,0 +1,144 @@
+"""``pkt transfer``: run SemAlign or a peer method headless, with a progress bar, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pkt_core.errors import PktError
+from pkt_core.transfer.config import LOSSES, MAPPINGS, METHODS, VARIANTS
+
+
+def _parse_losses(items: list[str] | None) -> dict[str, float]:
+    losses: dict[str, float] = {}
+    for item in items or []:
+        name, _, weight = item.partition("=")
+        try:
+            losses[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise PktError(f"cannot read loss {item!r}; write NAME=WEIGHT, e.g. layer_cosine=1.0") from None
+    return losses
+
+
+def add_transfer_parser(commands) -> None:
+    variants = "; ".join(f"{name}: {preset['paper_version']}" for name, preset in VARIANTS.items())
+    parser = commands.add_parser(
+        "transfer",
+        help="run a knowledge transfer from a source to a target model and write the run",
+        description=(
+            "SemAlign (arXiv 2510.24208). Variants: " + variants + ". The frontier schedule "
+            "(one stage per target layer, shallow to deep) is reconstructed from the v2 abstract. "
+            "Every run folder records which parts are v1 and which are reconstructed. "
+            "Peer methods on the same data, seeds and run format (--method): seeking (Seeking Neural "
+            "Nuggets, Zhong et al. ICLR 2024), laten (LaTen, Tan et al. ACL 2025), and the controls kd "
+            "(output KL to the source) and finetune (answer cross-entropy), which train with SemAlign's "
+            "own budget: the same frontier stages, steps per stage, trainable set and learning rate."
+        ),
+    )
+    who = parser.add_argument_group("models (a registered pair, or --source and --target)")
+    who.add_argument("--pair", help="registered pair, e.g. qwen-coder-1.5b-to-0.5b")
+    who.add_argument("--source", help="source model: registered name, folder, .gguf or hub id")
+    who.add_argument("--target", help="target model: registered name, folder, .gguf or hub id")
+    parser.add_argument("--method", default="semalign", choices=list(METHODS), help="transfer method")
+    parser.add_argument("--variant", choices=list(VARIANTS),
+                        help="SemAlign variant (loss and map preset; default v1); not for the peer methods")
+    data = parser.add_argument_group("data (one of)")
+    data.add_argument("--task", help="task whose non-evaluation split gives the alignment samples (mmlu)")
+    data.add_argument("--data", help="JSON lines with prompt and answer (your own alignment data)")
+    parser.add_argument("--out", help="run folder (default $PKT_HOME/runs/<time>-<method>-<variant>-<task>)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished stage")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished run at --out")
+    hyper = parser.add_argument_group("hyper-parameters")
+    hyper.add_argument("--align-samples", type=int, default=32)
+    hyper.add_argument("--probe-samples", type=int, default=48, help="held-out prompts for CKA and projections")
+    hyper.add_argument("--steps", type=int, default=2, help="optimizer steps per stage (semalign, kd, finetune)")
+    hyper.add_argument("--batch-size", type=int, help="default 8; laten 16 (the paper's examples per step)")
+    hyper.add_argument("--lr", type=float, help="default 1e-4; seeking 3e-4 (the paper's); laten 1e-3")
+    hyper.add_argument("--max-tokens", type=int, default=256)
+    hyper.add_argument("--trainable", choices=["block", "lora"], default="block", help="full frontier block or LoRA r")
+    hyper.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (seeking: also the SVD rank)")
+    hyper.add_argument("--loss", action="append", metavar="NAME=WEIGHT",
+                       help=f"override the variant's losses (repeatable): {', '.join(LOSSES)}")
+    hyper.add_argument("--mapping", choices=list(MAPPINGS), help="override the variant's layer map")
+    hyper.add_argument("--layer-site", choices=["contribution", "block_output"], default="contribution")
+    hyper.add_argument("--no-final-norm", action="store_true", help="do not apply the final norm before decomposition")
+    hyper.add_argument("--keep-first-position", action="store_true", help="keep position 0 in the layer losses")
+    hyper.add_argument("--stages", help="target layers to train, e.g. 0-5 (default all)")
+    hyper.add_argument("--seed", type=int, default=0)
+    hyper.add_argument("--allow-shared-subset", action="store_true",
+                       help="semalign with two different tokenizers: bases on the shared token strings, alignment "
+                            "per sequence (pooled states, anchor at the last prompt token); this project's extension")
+    hyper.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=None,
+                       help="decomposition-fidelity table (default: on for semalign, off for the peers)")
+    peers = parser.add_argument_group("peer methods (seeking, laten)")
+    peers.add_argument("--epochs", type=int, help="passes over the alignment samples (default 3)")
+    peers.add_argument("--seed-samples", type=int, default=32,
+                       help="seeking: alignment samples whose source sensitivity picks layers and sub-blocks")
+    peers.add_argument("--lora-dropout", type=float, default=0.05, help="seeking: LoRA dropout")
+    peers.add_argument("--laten-layers", type=int, default=4,
+                       help="laten: attention and FFN modules kept per model, paired by rank")
+    peers.add_argument("--neuron-fraction", type=float, default=0.1, help="laten: top neurons kept per module")
+    peers.add_argument("--hypernet-hidden", type=int, default=64, help="laten: hypernetwork hidden width")
+    evaluation = parser.add_argument_group("evaluation (source, target before and after, item by item)")
+    evaluation.add_argument("--eval", dest="eval_tasks", help="comma list of tasks to evaluate: mmlu,gsm8k,humaneval,mbpp")
+    evaluation.add_argument("--eval-limit", type=int,
+                            help="fixed subset: first N items per task (MMLU: per subject); default all items")
+    place = parser.add_argument_group("placement")
+    place.add_argument("--dtype", default="fp32")
+    place.add_argument("--device", default="cpu", help="both models: cpu, cuda:N or auto")
+    place.add_argument("--source-device", help="source only (e.g. cuda:1 to spread the pair over two GPUs)")
+    place.add_argument("--target-device", help="target only")
+    parser.set_defaults(func=run_transfer_command)
+
+
+def run_transfer_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pkt_core.cli.arguments import parse_layer_list
+    from pkt_core.models.registry import get_pair_spec
+    from pkt_core.transfer.config import TransferConfig
+    from pkt_core.transfer.pipeline import default_run_folder, run_transfer
+
+    source, target = args.source, args.target
+    if args.pair:
+        if source or target:
+            raise PktError("give either --pair or --source/--target, not both")
+        pair = get_pair_spec(args.pair)
+        source, target = pair.source, pair.target
+    if not source or not target:
+        raise PktError("name the models: --pair NAME, or both --source and --target")
+    stages = parse_layer_list(args.stages) if args.stages else None
+    config = TransferConfig(
+        source=source, target=target, pair=args.pair, method=args.method, variant=args.variant or "",
+        task=args.task, data_file=args.data, align_samples=args.align_samples, probe_samples=args.probe_samples,
+        steps_per_stage=args.steps, batch_size=args.batch_size, learning_rate=args.lr, max_tokens=args.max_tokens,
+        trainable=args.trainable, lora_rank=args.lora_rank, losses=_parse_losses(args.loss),
+        mapping=args.mapping or "", layer_site=args.layer_site, apply_final_norm=not args.no_final_norm,
+        drop_first_position=not args.keep_first_position, stages=list(stages) if stages else None,
+        seed=args.seed, dtype=args.dtype, source_device=args.source_device or args.device,
+        target_device=args.target_device or args.device,
+        eval_tasks=args.eval_tasks.split(",") if args.eval_tasks else [], eval_limit=args.eval_limit,
+        fidelity=args.fidelity, epochs=args.epochs, seeking_seed_samples=args.seed_samples,
+        seeking_lora_dropout=args.lora_dropout, laten_top_layers=args.laten_layers,
+        laten_neuron_fraction=args.neuron_fraction, laten_hidden_size=args.hypernet_hidden,
+        allow_shared_subset=args.allow_shared_subset,
+    )
+    out = args.out or default_run_folder(config)
+    bar = tqdm(desc=args.method, unit="step")
+
+    def progress(stage: str, step: int, loss: float) -> None:
+        bar.set_description(stage)
+        if loss == loss:  # a training step (setup stages report NaN)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+    try:
+        folder = run_transfer(config, out_dir=out, resume=args.resume, overwrite=args.overwrite, on_progress=progress)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"cancelled; the partial run is kept at {out}.partial: continue it with the same command and --resume")
+        raise
+    bar.close()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    print(f"run complete: {folder} ({manifest['wall_seconds']:.0f} s)")
+    return 0

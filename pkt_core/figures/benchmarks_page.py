@@ -1,0 +1,121 @@
+"""The Benchmarks page's tables and figures: scores per role with intervals, per subject, paired items."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pkt_core.figures.spec import ROLES, FigureError, FigureSpec
+
+# -- benchmarks -------------------------------------------------------------------------------
+
+
+def evaluation_folders(run) -> dict[str, dict[str, Path]]:
+    """task -> role -> folder, for the evaluations stored under ``<run>/evaluation/``."""
+    root = run.folder / "evaluation"
+    found: dict[str, dict[str, Path]] = {}
+    if not root.is_dir():
+        return found
+    for task_folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for role in ROLES:
+            folder = task_folder / role
+            if (folder / "summary.json").is_file() or (folder / "items.parquet").is_file():
+                found.setdefault(task_folder.name, {})[role] = folder
+    return found
+
+
+def benchmark_summary(run) -> pd.DataFrame:
+    """task, role, metric, mean, low, high: from each evaluation's summary.json, else the manifest."""
+    from pkt_core.evaluation.records import RecordsError, read_summary
+
+    rows = []
+    folders = evaluation_folders(run)
+    recorded = run.manifest.get("evaluation") or {}
+    for task in sorted(set(folders) | set(recorded)):
+        for role in ROLES:
+            metrics = None
+            origin = "summary.json"
+            if role in folders.get(task, {}):
+                try:
+                    metrics = read_summary(folders[task][role]).get("metrics")
+                except (RecordsError, json.JSONDecodeError):
+                    metrics = None
+            if metrics is None:
+                metrics = (recorded.get(task) or {}).get(role)
+                origin = "manifest"
+            for name, value in (metrics or {}).items():
+                if isinstance(value, dict) and "mean" in value:
+                    rows.append({"task": task, "role": role, "metric": name, "mean": value["mean"],
+                                 "low": value.get("low"), "high": value.get("high"), "from": origin})
+    return pd.DataFrame(rows, columns=["task", "role", "metric", "mean", "low", "high", "from"])
+
+
+def benchmark_bars(run, task: str, metric: str) -> FigureSpec:
+    summary = benchmark_summary(run)
+    data = summary[(summary["task"] == task) & (summary["metric"] == metric)][["role", "mean", "low", "high"]].copy()
+    if data.empty:
+        raise FigureError(f"run {run.run_id} has no {metric} for {task}")
+    data["low"] = data["low"].fillna(data["mean"])
+    data["high"] = data["high"].fillna(data["mean"])
+    data["model"] = data["role"]
+    caption = {"run_id": run.run_id, "task": task, "measure": metric, "interval": "bootstrap 95% (as evaluated)"}
+    return FigureSpec(f"{task}-{metric}", "bars", f"{task}: {metric}", data, caption,
+                      {"x": "role", "y": "mean", "series": "model", "low": "low", "high": "high", "x_label": "model",
+                       "y_label": metric})
+
+
+def per_subject(run, task: str = "mmlu") -> pd.DataFrame:
+    """subject, role, n, acc (and acc_norm) from each role's summary (MMLU)."""
+    from pkt_core.evaluation.records import read_summary
+
+    rows = []
+    for role, folder in evaluation_folders(run).get(task, {}).items():
+        if not (folder / "summary.json").is_file():
+            continue
+        for entry in read_summary(folder).get("per_subject") or []:
+            rows.append({"role": role, **entry})
+    return pd.DataFrame(rows)
+
+
+def per_subject_bars(run, task: str = "mmlu", metric: str = "acc", subjects: list[str] | None = None) -> FigureSpec:
+    table = per_subject(run, task)
+    if table.empty:
+        raise FigureError(f"run {run.run_id} has no per-subject results for {task}")
+    if subjects:
+        table = table[table["subject"].isin(subjects)]
+    data = table[["subject", "role", "n", metric]].rename(columns={metric: "value"})
+    caption = {"run_id": run.run_id, "task": task, "measure": metric, "subjects": subjects or "all"}
+    return FigureSpec(f"{task}-{metric}-per-subject", "bars", f"{task}: {metric} per subject", data, caption,
+                      {"x": "subject", "y": "value", "series": "role", "x_label": "subject", "y_label": metric})
+
+
+def paired_items(run, task: str) -> tuple[Any, pd.DataFrame]:
+    """The paired comparison target before -> after and one row per item with every model's answer."""
+    from pkt_core.evaluation.records import read_items
+    from pkt_core.evaluation.runner import compare_evaluations
+
+    folders = evaluation_folders(run).get(task, {})
+    if "target_before" not in folders or "target_after" not in folders:
+        raise FigureError(f"run {run.run_id} has no per-item {task} evaluation of the target before and after")
+    comparison = compare_evaluations(folders["target_before"], folders["target_after"])
+    merged = None
+    for role in ROLES:
+        if role not in folders:
+            continue
+        items = read_items(folders[role])
+        keep = items[["item_id", "prediction", "score", "outcome"]].rename(
+            columns={c: f"{c}_{role}" for c in ("prediction", "score", "outcome")})
+        if merged is None:
+            merged = items[["item_id", "subject", "prompt", "target"]].merge(keep, on="item_id")
+        else:
+            merged = merged.merge(keep, on="item_id", how="left")
+    gained, lost = set(comparison.wrong_to_right_ids), set(comparison.right_to_wrong_ids)
+    merged["flip"] = [("gained" if i in gained else "lost" if i in lost else
+                       ("both right" if s == 1 else "both wrong"))
+                      for i, s in zip(merged["item_id"].astype(str), merged["score_target_after"])]
+    return comparison, merged.rename(columns={"target": "gold"})
+
+

@@ -1,0 +1,151 @@
+"""Draw a :class:`~pkt_core.figures.spec.FigureSpec` on screen with plotly (hover values, zoom)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pkt_core.figures.spec import (
+    OUTCOME_COLOURS,
+    PAPER,
+    ROLE_COLOURS,
+    ROLE_NAMES,
+    FigureError,
+    FigureSpec,
+    PaperPreset,
+)
+
+# -- rendering: plotly (screen) --------------------------------------------------------------
+
+
+def _series_colours(values, preset: PaperPreset) -> dict:
+    colours = {}
+    palette = [c for c in preset.palette]
+    for index, value in enumerate(dict.fromkeys(values)):
+        colours[value] = ROLE_COLOURS.get(value) or OUTCOME_COLOURS.get(value) or palette[index % len(palette)]
+    return colours
+
+
+def to_plotly(spec: FigureSpec, preset: PaperPreset = PAPER):
+    """An interactive plotly figure of ``spec`` (hover shows the exact values)."""
+    import plotly.graph_objects as go
+
+    enc = spec.encoding
+    data = spec.data
+    figure = go.Figure()
+    if spec.kind == "heatmap":
+        grid = data.pivot(index=enc["row"], columns=enc["col"], values=enc["value"]).sort_index().sort_index(axis=1)
+        colourscale = preset.diverging if enc.get("diverging") else preset.sequential.capitalize()
+        figure.add_trace(go.Heatmap(
+            z=grid.values, x=list(grid.columns), y=list(grid.index), colorscale=colourscale,
+            zmin=enc.get("zmin"), zmax=enc.get("zmax"), zmid=0.0 if enc.get("diverging") else None,
+            colorbar={"title": {"text": enc.get("value_label", "")}},
+            hovertemplate=f"{enc.get('row_label', 'row')} %{{y}}<br>{enc.get('col_label', 'col')} %{{x}}"
+                          f"<br>{enc.get('value_label', 'value')} %{{z:.4f}}<extra></extra>",
+        ))
+        weight = enc.get("overlay")
+        if weight and weight in data and (data[weight] > 0).any():
+            marked = data[data[weight] > 0].sort_values([enc["row"], enc["col"]])
+            figure.add_trace(go.Scatter(
+                x=marked[enc["col"]], y=marked[enc["row"]], mode="markers+lines",
+                name=enc.get("overlay_label", "layer map"),
+                marker={"symbol": "circle-open", "color": "#000000", "size": 6 + 10 * marked[weight].to_numpy(),
+                        "line": {"width": 2}},
+                line={"color": "rgba(0,0,0,0.45)", "width": 1, "dash": "dot"},
+                customdata=marked[[weight]].to_numpy(),
+                hovertemplate="mapped: target %{y} <- source %{x}, weight %{customdata[0]:.2f}<extra></extra>",
+            ))
+        figure.update_xaxes(title=enc.get("col_label"), dtick=1 if len(grid.columns) <= 32 else None)
+        figure.update_yaxes(title=enc.get("row_label"), dtick=1 if len(grid.index) <= 32 else None)
+        figure.update_layout(legend={"orientation": "h", "y": -0.2})
+    elif spec.kind in ("lines", "bars"):
+        series_column = enc.get("series")
+        groups = data.groupby(series_column, sort=False) if series_column else [(spec.title, data)]
+        colours = _series_colours([name for name, _ in groups], preset)
+        for name, group in groups:
+            error = None
+            if enc.get("low") and enc.get("high"):
+                error = {"type": "data", "symmetric": False,
+                         "array": (group[enc["high"]] - group[enc["y"]]).to_numpy(),
+                         "arrayminus": (group[enc["y"]] - group[enc["low"]]).to_numpy()}
+            label = ROLE_NAMES.get(name, str(name))
+            if spec.kind == "lines":
+                figure.add_trace(go.Scatter(x=group[enc["x"]], y=group[enc["y"]], mode="lines+markers", name=label,
+                                            line={"color": colours[name]}, error_y=error))
+            else:
+                figure.add_trace(go.Bar(x=group[enc["x"]].astype(str), y=group[enc["y"]], name=label,
+                                        marker_color=colours[name], error_y=error))
+        figure.update_xaxes(title=enc.get("x_label"))
+        figure.update_yaxes(title=enc.get("y_label"))
+        if spec.kind == "bars":
+            figure.update_layout(barmode="group")
+    elif spec.kind == "scatter":
+        colour = enc["colour"]
+        colours = _series_colours(list(data[colour]), preset)
+        hover = [c for c in enc.get("hover", []) if c in data]
+        for name, group in data.groupby(colour, sort=False):
+            figure.add_trace(go.Scatter(
+                x=group[enc["x"]], y=group[enc["y"]], mode="markers", name=ROLE_NAMES.get(name, str(name)),
+                marker={"color": colours[name], "size": 8, "symbol": _plotly_symbols(group, enc)},
+                customdata=group[hover].astype(str).to_numpy() if hover else None,
+                hovertemplate="<br>".join(f"{c}: %{{customdata[{i}]}}" for i, c in enumerate(hover)) + "<extra></extra>"
+                if hover else None,
+            ))
+        figure.update_xaxes(title=enc.get("x_label"))
+        figure.update_yaxes(title=enc.get("y_label"))
+    elif spec.kind == "bipartite":
+        _plotly_bipartite(figure, spec, preset)
+    else:
+        raise FigureError(f"unknown figure kind {spec.kind!r}")
+    figure.update_layout(title={"text": spec.title}, template="plotly_white",
+                         font={"family": preset.font_family}, margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    return figure
+
+
+def _plotly_symbols(group: pd.DataFrame, enc: dict):
+    symbol = enc.get("symbol")
+    if not symbol or symbol not in group:
+        return "circle"
+    shapes = ["circle", "square", "diamond", "triangle-up", "x", "cross"]
+    order = {value: index for index, value in enumerate(sorted(group[symbol].astype(str).unique()))}
+    return [shapes[order[str(v)] % len(shapes)] for v in group[symbol]]
+
+
+def _bipartite_positions(enc: dict) -> tuple[dict[int, float], dict[int, float]]:
+    """Depth-normalised heights: layer l of L sits at l / (L - 1), so the depth map is level."""
+    def heights(count: int) -> dict[int, float]:
+        return {layer: (layer / (count - 1) if count > 1 else 0.5) for layer in range(count)}
+
+    return heights(int(enc["n_source"])), heights(int(enc["n_target"]))
+
+
+def _plotly_bipartite(figure, spec: FigureSpec, preset: PaperPreset) -> None:
+    import plotly.graph_objects as go
+
+    source_y, target_y = _bipartite_positions(spec.encoding)
+    edges = spec.data
+    maps = list(dict.fromkeys(edges["map"]))
+    colours = {name: preset.palette[i % len(preset.palette)] for i, name in enumerate(maps)}
+    for index, name in enumerate(maps):
+        group = edges[edges["map"] == name]
+        offset = (index - (len(maps) - 1) / 2) * 0.012  # keep coinciding maps visible side by side
+        first = True
+        for row in group.itertuples():
+            figure.add_trace(go.Scatter(
+                x=[0, 1], y=[source_y[row.source_layer] + offset, target_y[row.target_layer] + offset],
+                mode="lines", line={"color": colours[name], "width": 1 + 4 * row.weight,
+                                    "dash": "dash" if name.startswith("trained") else "solid"},
+                name=name, legendgroup=name, showlegend=first,
+                hovertemplate=f"{name}: source {row.source_layer} -> target {row.target_layer}, "
+                              f"weight {row.weight:.2f}<extra></extra>",
+            ))
+            first = False
+    figure.add_trace(go.Scatter(x=[0] * len(source_y), y=list(source_y.values()), mode="markers+text",
+                                text=[f"S{l}" for l in source_y], textposition="middle left", name="source layers",
+                                marker={"color": ROLE_COLOURS["source"], "size": 9}, showlegend=False))
+    figure.add_trace(go.Scatter(x=[1] * len(target_y), y=list(target_y.values()), mode="markers+text",
+                                text=[f"T{l}" for l in target_y], textposition="middle right", name="target layers",
+                                marker={"color": ROLE_COLOURS["target_before"], "size": 9}, showlegend=False))
+    figure.update_xaxes(visible=False, range=[-0.25, 1.25])
+    figure.update_yaxes(title="relative depth (0 = first layer, 1 = last)", range=[-0.05, 1.05])
+
+

@@ -1,0 +1,243 @@
+"""Copy a finished run into the repository's ``cached_runs/``: small, complete, reproducible.
+
+The weight delta is left out (it is the size of the trained layers); everything the app shows
+stays. The cross-model map (``d_tgt x d_src``, 5.5 MB in float32 for the Qwen pair) is stored in
+float16: the app only projects with it, and float16's relative error (5e-4) is far below what a
+2-D projection can show. When the folder's size budget is tight, a run may also be shipped
+without the artefacts only the Projections page reads (``leave_out``); the other pages need none
+of them. The manifest says what was left out or rounded and the command that recreates the run in
+full.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pkt_core.atomic_files import replace_directory, write_json_atomic
+from pkt_core.runs.reader import RunReadError, open_run
+
+LEFT_OUT = ("target_delta.safetensors",)
+HALVED = ("cross_map.safetensors",)
+# Read by the Projections page alone: a run shipped without them keeps every other page.
+MAY_LEAVE_OUT = ("probe_activations.safetensors", "cross_map.safetensors")
+
+
+class ShippingError(ValueError):
+    """A ship request that would drop something the app needs."""
+
+
+def ship_run(run_folder: Path, destination_root: Path, reproduce_command: str,
+             leave_out: Sequence[str] = ()) -> Path:
+    """Copy ``run_folder`` to ``destination_root/<run id>`` without the weight delta (and without
+    ``leave_out``, a subset of ``MAY_LEAVE_OUT``)."""
+    unknown = sorted(set(leave_out) - set(MAY_LEAVE_OUT))
+    if unknown:
+        raise ShippingError(f"cannot leave out {', '.join(unknown)}: the app needs it; only "
+                            f"{', '.join(MAY_LEAVE_OUT)} may be left out (the Projections page alone reads them)")
+    run = open_run(run_folder)
+    destination = destination_root / run.folder.name
+    staging = destination_root / f".{run.folder.name}.shipping"
+    shutil.rmtree(staging, ignore_errors=True)
+    dropped = LEFT_OUT + tuple(leave_out)
+    shutil.copytree(run.folder, staging, ignore=shutil.ignore_patterns(*dropped))
+    manifest = dict(run.manifest)
+    left_out = [name for name in dropped if (run.folder / name).exists()]
+    if "target_delta.safetensors" in left_out:
+        manifest["weights_delta"] = {**manifest.get("weights_delta", {}), "file": None,
+                                     "left_out": "not shipped with the repository; rerun to recreate it"}
+    halved = [name for name in HALVED if (staging / name).exists()]
+    for name in halved:
+        tensors = load_file(staging / name)
+        save_file({key: value.to(torch.float16) for key, value in tensors.items()}, staging / name)
+    manifest["shipped"] = {"left_out": left_out, "stored_float16": halved, "reproduce": reproduce_command}
+    write_json_atomic(staging / "manifest.json", manifest)
+    replace_directory(staging, destination)
+    return destination
+
+
+# -- the table of shipped runs ----------------------------------------------------------------
+
+METHOD_TITLES = {"semalign": "SemAlign", "seeking": "Seeking Neural Nuggets", "laten": "LaTen",
+                 "kd": "logit distillation (control)", "finetune": "plain fine-tuning (control)"}
+
+
+def _interval(value: dict | None) -> str:
+    if not value or value.get("mean") is None:
+        return "-"
+    if value.get("low") is None:
+        return f"{value['mean']:.3f}"
+    return f"{value['mean']:.3f} ({value['low']:.3f}-{value['high']:.3f})"
+
+
+def results_rows(root: Path) -> list[dict]:
+    """One row per (complete run under ``root``, evaluated task), read from the manifests only."""
+    from pkt_core.figures.runs_page import primary_metric
+
+    rows = []
+    for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
+        try:
+            manifest = open_run(folder).manifest
+        except RunReadError:  # incomplete or corrupt: never a result
+            continue
+        method = METHOD_TITLES.get(manifest["method"], manifest["method"])
+        if manifest["method"] == "semalign":
+            method += f" {manifest['variant']}"
+        for task, evaluation in sorted((manifest.get("evaluation") or {}).items()):
+            before = evaluation.get("target_before", {}).get("metrics", {})
+            metric = primary_metric(task, before)
+            if metric is None:
+                continue
+            after = evaluation.get("target_after", {}).get("metrics", {})
+            source = evaluation.get("source", {}).get("metrics", {})
+            comparison = evaluation.get("comparison_target_before_after") or {}
+            # Runs written before the manifest had a cost summary: the same numbers from their stages.
+            stage_peaks = [r.get("peak_rss_mib") for r in (manifest.get("stages") or {}).values() if r.get("peak_rss_mib")]
+            cost = {"wall_seconds": manifest.get("wall_seconds"), "peak_rss_mib": max(stage_peaks, default=None),
+                    "trainable_parameters": manifest.get("trainable_parameters"), **(manifest.get("cost") or {})}
+            environment = manifest.get("environment") or {}
+            hardware = (", ".join(environment["gpus"]) if environment.get("gpus")
+                        else f"{environment.get('cpu_count', '?')}-core CPU")
+            rows.append({
+                "run": folder.name, "method": method, "alignment_task": manifest.get("task") or "file",
+                "alignment_samples": len(manifest["data"]["alignment_ids"]), "task": task, "metric": metric,
+                "items": evaluation.get("target_before", {}).get("items"),
+                "before": before.get(metric), "after": after.get(metric), "source": source.get(metric),
+                "right_to_wrong": comparison.get("right_to_wrong"), "wrong_to_right": comparison.get("wrong_to_right"),
+                "mcnemar_p": comparison.get("mcnemar_p"), "wall_seconds": cost.get("wall_seconds"),
+                "peak_rss_mib": cost.get("peak_rss_mib"), "trainable_parameters": cost.get("trainable_parameters"),
+                "hardware": hardware,
+            })
+    return rows
+
+
+def results_table(root: Path) -> str:
+    """The shipped runs as a Markdown table (what ``cached_runs/README.md`` and RESULTS.md show)."""
+    lines = ["| run | method | task (items), metric | target before | target after | flips (lost / gained), McNemar p "
+             "| source | trainable params | wall, peak RAM, hardware |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in results_rows(root):
+        flips = "-" if row["mcnemar_p"] is None else (
+            f"{row['right_to_wrong']} / {row['wrong_to_right']}, p = {row['mcnemar_p']:.2f}")
+        params = "-" if row["trainable_parameters"] is None else f"{row['trainable_parameters'] / 1e6:.1f} M"
+        wall = "-" if row["wall_seconds"] is None else f"{row['wall_seconds']:,.0f} s"
+        memory = "" if row["peak_rss_mib"] is None else f", {row['peak_rss_mib'] / 1024:.1f} GiB"
+        lines.append(f"| `{row['run']}` | {row['method']} | {row['task']} ({row['items']}), {row['metric']} "
+                     f"| {_interval(row['before'])} | {_interval(row['after'])} | {flips} | {_interval(row['source'])} "
+                     f"| {params} | {wall}{memory}, {row['hardware']} |")
+    return "\n".join(lines)
+
+
+def paper_table(root: Path) -> str:
+    """The shipped runs in the layout of the paper's Table 1: models and methods x tasks.
+
+    The untouched target and the source come from the runs' own evaluations (every run scores
+    them on the same items, so one value per task); a method's cell is its target after
+    transfer, the change from before and McNemar's p; its cost is the run's wall time."""
+    rows = results_rows(root)
+    tasks = sorted({row["task"] for row in rows}, key=lambda t: ["mmlu", "gsm8k", "humaneval", "mbpp"].index(t)
+                   if t in ("mmlu", "gsm8k", "humaneval", "mbpp") else 9)
+    header = "| model / method | " + " | ".join(
+        f"{task} ({next(r['items'] for r in rows if r['task'] == task)} items, {next(r['metric'] for r in rows if r['task'] == task)})"
+        for task in tasks) + " | cost (wall, peak RAM) |"
+    lines = [header, "|---|" + "---|" * len(tasks) + "---|"]
+    for label, role in (("target (untouched)", "before"), ("source", "source")):
+        cells = []
+        for task in tasks:
+            values = {(_interval(r[role])) for r in rows if r["task"] == task}
+            cells.append(values.pop() if len(values) == 1 else "differs between runs: " + "; ".join(sorted(values)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " | - |")
+    methods: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        methods.setdefault(row["method"], {})[row["task"]] = row
+    titles = list(METHOD_TITLES.values())
+    order = lambda name: (next((i for i, t in enumerate(titles) if name.startswith(t)), len(titles)), name)  # noqa: E731
+    for method, by_task in sorted(methods.items(), key=lambda item: order(item[0])):
+        cells = []
+        for task in tasks:
+            row = by_task.get(task)
+            if row is None or row["after"] is None:
+                cells.append("not run")
+                continue
+            change = row["after"]["mean"] - row["before"]["mean"]
+            p_value = "" if row["mcnemar_p"] is None else f", p = {row['mcnemar_p']:.2f}"
+            cells.append(f"{_interval(row['after'])}; {change:+.3f}{p_value}")
+        costs = "; ".join(f"{task}: {r['wall_seconds']:,.0f} s, {r['peak_rss_mib'] / 1024:.1f} GiB"
+                          for task, r in by_task.items() if r["wall_seconds"] is not None and r["peak_rss_mib"])
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {costs or '-'} |")
+    return "\n".join(lines)
+
+
+BEGIN_MARK, END_MARK = "<!-- shipped-runs:begin (generated: python -m pkt_core.runs.shipping readme) -->", \
+    "<!-- shipped-runs:end -->"
+
+
+def readme_section(root: Path) -> str:
+    """The generated part of ``cached_runs/README.md``: the table and each run's reproduce command."""
+    commands = []
+    for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
+        try:
+            shipped = open_run(folder).manifest.get("shipped") or {}
+        except RunReadError:
+            continue
+        if shipped.get("reproduce"):
+            extras = [name for name in shipped.get("left_out", []) if name not in LEFT_OUT]
+            note = f" (shipped without {', '.join(extras)}: the Projections page cannot draw it)" if extras else ""
+            commands.append(f"# {folder.name}{note}\n{shipped['reproduce']}")
+    body = "\n\n".join(commands)
+    return f"{BEGIN_MARK}\n{results_table(root)}\n\nReproduce (each from a fresh clone):\n\n```bash\n{body}\n```\n{END_MARK}"
+
+
+TABLE_BEGIN, TABLE_END = "<!-- table-1:begin (generated: python -m pkt_core.runs.shipping readme) -->", \
+    "<!-- table-1:end -->"
+
+
+def _replace_between(path: Path, begin: str, end: str, body: str) -> None:
+    text = path.read_text()
+    start, stop = text.index(begin), text.index(end) + len(end)
+    path.write_text(text[:start] + body + text[stop:])
+
+
+def update_readme(root: Path, results: Path | None = None) -> Path:
+    """Rewrite the generated section of ``<root>/README.md`` (and the Table 1 of ``results``,
+    default ``benchmarks/RESULTS.md`` beside ``root``) from the manifests."""
+    readme = Path(root) / "README.md"
+    _replace_between(readme, BEGIN_MARK, END_MARK, readme_section(root))
+    results = results or Path(root).resolve().parent / "benchmarks" / "RESULTS.md"
+    if results.is_file() and TABLE_BEGIN in results.read_text():
+        _replace_between(results, TABLE_BEGIN, TABLE_END, f"{TABLE_BEGIN}\n{paper_table(root)}\n{TABLE_END}")
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pkt_core.runs.shipping",
+                                     description="Ship a finished run into cached_runs/, or print the table of shipped runs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ship = commands.add_parser("ship", help="copy a finished run (without its weight delta) into a folder")
+    ship.add_argument("run_folder", type=Path)
+    ship.add_argument("--to", type=Path, default=Path("cached_runs"))
+    ship.add_argument("--reproduce", required=True, help="the command that recreates the run")
+    ship.add_argument("--leave-out", action="append", default=[], choices=MAY_LEAVE_OUT,
+                      help="also leave out this artefact (only the Projections page reads it); repeatable")
+    table = commands.add_parser("table", help="Markdown table of the complete runs in a folder")
+    table.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
+    readme = commands.add_parser("readme", help="rewrite the generated section of <root>/README.md")
+    readme.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
+    args = parser.parse_args(argv)
+    if args.command == "ship":
+        print(ship_run(args.run_folder, args.to, args.reproduce, args.leave_out))
+    elif args.command == "readme":
+        print(update_readme(args.root))
+    else:
+        print(results_table(args.root))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

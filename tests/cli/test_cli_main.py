@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+from tiny_models import SAMPLE_TEXTS
+
+from pkt_core.capture.activation_store import open_activations
+from pkt_core.cli.arguments import parse_layer_list
+from pkt_core.cli.main import main
+
+
+def test_models_list_json(capsys):
+    assert main(["models", "list", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert {"qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m"} <= rows.keys()
+    assert rows["qwen2.5-coder-0.5b"]["cached"] is False  # a fresh PKT_HOME
+    assert rows["qwen2.5-coder-1.5b"]["mirror"]["sha256"].startswith("cc324af0")
+
+
+def test_models_list_table_names_the_default_pair(capsys):
+    assert main(["models", "list"]) == 0
+    assert "qwen-coder-1.5b-to-0.5b: qwen2.5-coder-1.5b -> qwen2.5-coder-0.5b (default)" in capsys.readouterr().out
+
+
+def test_capture_command_writes_a_folder(tiny_model_folder, tmp_path, capsys):
+    data = tmp_path / "prompts.txt"
+    data.write_text("\n".join(text.replace("\n", " ") for text in SAMPLE_TEXTS))  # one prompt a line
+    out = tmp_path / "acts"
+    code = main(["capture", "--model", str(tiny_model_folder), "--data", str(data), "--out", str(out),
+                 "--layers", "0-1", "--sites", "resid_post", "--tokens", "last", "--padding-side", "left"])
+    assert code == 0
+    result = open_activations(out)
+    assert result.layers == [0, 1] and result.sites == ["resid_post"] and result.n_rows == len(SAMPLE_TEXTS)
+    assert result.metadata["padding_side"] == "left"
+    assert np.isfinite(result.layer(1)).all()
+
+
+def test_bad_model_name_is_a_clear_error_and_exit_2(tmp_path, capsys):
+    data = tmp_path / "p.txt"
+    data.write_text("hello")
+    code = main(["capture", "--model", "no-such-model", "--data", str(data), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "cannot find model 'no-such-model'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_data_is_a_clear_error(tiny_model_folder, tmp_path, capsys):
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"prompt": "ok"}\n{broken\n')
+    code = main(["capture", "--model", str(tiny_model_folder), "--data", str(data), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "p.jsonl:2 is not valid JSON" in capsys.readouterr().err
+
+
+def test_layer_list_parsing():
+    assert parse_layer_list("0,3,5-7") == (0, 3, 5, 6, 7)
+    assert parse_layer_list("all") is None
