@@ -54,9 +54,9 @@ def negative_notes(values: np.ndarray, estimator: str) -> tuple[str, ...]:
     if negative == 0:
         return ()
     return (
-        f"{negative} of {values.size} entries are negative (min {values.min():.3g}): the {estimator} "
-        "estimator is centred on 0 for unrelated representations, so small negative values mean "
-        "'no measurable similarity'.",
+        (f"{negative} of {values.size} entries are negative (min {values.min():.3g}): the {estimator} "
+         "estimator is centred on 0 for unrelated representations, so small negative values mean "
+         "'no measurable similarity'."),
     )
 
 
@@ -83,6 +83,12 @@ def linear_cka_matrix(
     )
 
 
+def _bandwidths(sq_bandwidths: Sequence[float], exponents: np.ndarray | None) -> list[float]:
+    """Bandwidths in the units of the user's data: each was chosen on its layer divided by 2**e."""
+    shifts = exponents if exponents is not None else np.zeros(len(sq_bandwidths), dtype=np.int64)
+    return [float(np.ldexp(np.sqrt(s), int(e))) for s, e in zip(sq_bandwidths, shifts)]
+
+
 def rbf_cka_matrix(
     layers_a: Sequence[Any],
     layers_b: Sequence[Any],
@@ -106,8 +112,8 @@ def rbf_cka_matrix(
         options={
             "estimator": estimator,
             "bandwidth_multiplier": float(bandwidth_multiplier),
-            "bandwidths_a": [float(np.sqrt(s)) for s in sq_bandwidths[:n_a]],
-            "bandwidths_b": [float(np.sqrt(s)) for s in sq_bandwidths[n_a:]],
+            "bandwidths_a": _bandwidths(sq_bandwidths[:n_a], terms.exponents_a),
+            "bandwidths_b": _bandwidths(sq_bandwidths[n_a:], terms.exponents_b),
         },
         notes=negative_notes(values, estimator),
     )

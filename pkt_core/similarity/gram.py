@@ -2,7 +2,9 @@
 
 The caller owns the buffers so that the layer-matrix engine can write each layer's Gram
 matrix straight into its row of one stacked array and compare all layers with one GEMM.
-Inputs here are already validated, centred float64 arrays (see ``validation``).
+Inputs here are already validated, centred float64 arrays, divided by a power of two so that
+their largest entry is below 1 (see ``validation``): squared distances and Gram entries then
+stay far from overflow and underflow whatever the magnitude of the user's data.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def median_pairwise_sq_distance(sq_distances: np.ndarray) -> float:
 class RbfGram:
     """Fills RBF Gram matrices ``exp(-|x_i - x_j|^2 / (2 sigma^2))``, with
     ``sigma^2 = bandwidth_multiplier^2 * median_{i<j} |x_i - x_j|^2``, and remembers
-    each ``sigma^2`` it chose (for the result's metadata)."""
+    each ``sigma^2`` it chose, in the units of the rescaled layer it was given (the caller
+    converts them back for the result's metadata)."""
 
     bandwidth_multiplier: float = 1.0
     sq_bandwidths: list[float] = field(default_factory=list)

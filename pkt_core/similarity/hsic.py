@@ -22,7 +22,10 @@ cross-covariances ``||X_a' X_b||_F^2`` (the *feature form*, no ``n x n`` matrix 
 
 Centring first is allowed for both estimators (HSIC_u is unchanged when a constant is
 added to the features) and keeps the float64 sums well conditioned for activations with
-large means.
+large means. Each centred layer is also divided by a power of two (``validation``), so the
+HSIC values here are those of the rescaled layers (``exponents_a``/``exponents_b``): CKA is
+a ratio in which the scale cancels, and the linear-kernel HSIC of inputs near 1e80 would
+need fourth powers beyond float64.
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ import numpy as np
 
 from pkt_core.errors import SimilarityInputError
 from pkt_core.similarity.gram import RbfGram, double_centre_inplace, linear_gram_rows
-from pkt_core.similarity.validation import MIN_ROWS_UNBIASED, centred_float64, common_row_count, layer_name
+from pkt_core.similarity.validation import (
+    MIN_ROWS_UNBIASED,
+    centred_scaled_float64,
+    common_row_count,
+    layer_name,
+)
 
 Estimator = Literal["biased", "unbiased"]
 ESTIMATORS: tuple[str, ...] = ("biased", "unbiased")
@@ -59,6 +67,11 @@ class HsicTerms:
     n_rows: int
     estimator: str
     form: str
+    # Layer i was divided by 2**exponents[i] after centring: for the linear kernel,
+    # HSIC(A_i, B_j) of the raw data is cross[i, j] * 2**(2 e_a[i] + 2 e_b[j]), which may not
+    # be representable; the RBF kernel with its median bandwidth does not see the scale.
+    exponents_a: np.ndarray | None = None
+    exponents_b: np.ndarray | None = None
 
 
 def check_estimator(estimator: str) -> None:
@@ -139,12 +152,15 @@ def gram_form_terms(
     self_terms = (np.zeros(n_a), np.zeros(n_b))
     row_sums = (np.zeros((n_a, n)), np.zeros((n_b, n))) if unbiased else None
     stacks = (np.empty((n_a, block * n)), np.empty((n_b, block * n)))
+    exponents = (np.zeros(n_a, dtype=np.int64), np.zeros(n_b, dtype=np.int64))
     sides = (("a", layers_a, names_a), ("b", layers_b, names_b))
     slots = [(side, i) for side in (0, 1) for i in range(len(sides[side][1]))]
 
     def prepare(slot: tuple[int, int]) -> np.ndarray:
         label, layers, names = sides[slot[0]]
-        return centred_float64(layers[slot[1]], layer_name(label, slot[1], names), min_rows, why)
+        xc, exponent = centred_scaled_float64(layers[slot[1]], layer_name(label, slot[1], names), min_rows, why)
+        exponents[slot[0]][slot[1]] = exponent
+        return xc
 
     def rows_of(slot: tuple[int, int], start: int, stop: int) -> np.ndarray:
         return stacks[slot[0]][slot[1], : (stop - start) * n].reshape(stop - start, n)
@@ -202,6 +218,8 @@ def gram_form_terms(
         n_rows=n,
         estimator=estimator,
         form="gram" if block == n else "gram-blocked",
+        exponents_a=exponents[0],
+        exponents_b=exponents[1],
     )
 
 
@@ -221,9 +239,11 @@ def feature_form_terms(
     why = f"the {estimator} HSIC estimator"
     n_a, n_b = len(layers_a), len(layers_b)
     keep_b = n * sum(widths_b) * _FLOAT64_BYTES <= memory_budget_bytes
+    exponents = {"a": np.zeros(n_a, dtype=np.int64), "b": np.zeros(n_b, dtype=np.int64)}
 
     def centred(layers: Sequence[Any], side: str, names: Sequence[str] | None, i: int) -> np.ndarray:
-        return centred_float64(layers[i], layer_name(side, i, names), min_rows, why)
+        xc, exponents[side][i] = centred_scaled_float64(layers[i], layer_name(side, i, names), min_rows, why)
+        return xc
 
     cached_b: list[np.ndarray | None] = [None] * n_b
     self_b, sq_norms_b = np.zeros(n_b), np.zeros((n_b, n))
@@ -253,7 +273,8 @@ def feature_form_terms(
         self_a = _unbiased_self(self_a - q_sq_a, t_a, q_sq_a, n)
         self_b = _unbiased_self(self_b - q_sq_b, t_b, q_sq_b, n)
     scale = hsic_normaliser(n, estimator)
-    return HsicTerms(cross * scale, self_a * scale, self_b * scale, n, estimator, "feature")
+    return HsicTerms(cross * scale, self_a * scale, self_b * scale, n, estimator, "feature",
+                     exponents["a"], exponents["b"])
 
 
 def linear_hsic_terms(
@@ -272,9 +293,9 @@ def linear_hsic_terms(
     if form == "auto":
         n, widths_a, widths_b = common_row_count(layers_a, layers_b, names_a, names_b)
         form = choose_linear_form(n, widths_a, widths_b)
-    kwargs: dict[str, Any] = dict(
-        estimator=estimator, memory_budget_bytes=memory_budget_bytes, names_a=names_a, names_b=names_b
-    )
+    kwargs: dict[str, Any] = {
+        "estimator": estimator, "memory_budget_bytes": memory_budget_bytes, "names_a": names_a, "names_b": names_b,
+    }
     if form == "gram":
         return gram_form_terms(layers_a, layers_b, **kwargs)
     return feature_form_terms(layers_a, layers_b, **kwargs)

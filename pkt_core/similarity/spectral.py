@@ -16,7 +16,11 @@ from pkt_core.similarity.validation import centred_float64
 
 @dataclass(frozen=True)
 class SpectralBasis:
-    """``X - mean = u @ diag(s) @ vt`` keeping only singular values above the rank tolerance."""
+    """``(X - mean) / 2**e = u @ diag(s) @ vt`` keeping only singular values above the rank tolerance.
+
+    ``2**e`` is the power of two that brings the centred layer's largest entry below 1 (see
+    ``validation``); the measures built on this basis use only ratios of ``s``, so it cancels.
+    """
 
     u: np.ndarray  # (n, r): orthonormal basis of the centred column space
     s: np.ndarray  # (r,): singular values, descending, all > tolerance

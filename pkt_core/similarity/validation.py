@@ -2,6 +2,9 @@
 
 Every measure calls these before computing anything, so that bad input ends in a
 :class:`~pkt_core.errors.SimilarityInputError` that names the array, never in a NaN later.
+Centred layers are also divided by a power of two (exactly) so that their largest entry
+is below 1: finite float64 input of any magnitude then cannot overflow or underflow in the
+measures' squares and fourth powers.
 """
 
 from __future__ import annotations
@@ -71,8 +74,21 @@ def as_float64_checked(x: Any, name: str, min_rows: int, why: str) -> np.ndarray
     return out
 
 
-def centred_float64(x: Any, name: str, min_rows: int = 2, why: str = "this measure") -> np.ndarray:
-    """A float64 copy of ``x`` with column means removed, validated.
+def power_of_two_exponent(peak: float) -> int:
+    """``e`` with ``peak * 2**-e`` in [0.5, 1): dividing by ``2**e`` is exact in binary floating point."""
+    return int(np.frexp(peak)[1])
+
+
+def centred_scaled_float64(
+    x: Any, name: str, min_rows: int = 2, why: str = "this measure"
+) -> tuple[np.ndarray, int]:
+    """``(xc, e)``: a validated float64 copy of ``x`` with column means removed, divided by ``2**e``
+    so that its largest entry is in [0.5, 1).
+
+    Every measure here is invariant to isotropic scaling, so dividing a layer by one power of
+    two changes no result, and it is exact (a power of two only shifts exponents). It keeps
+    the fourth powers inside HSIC, the squared singular values and squared distances inside
+    float64 for inputs of any finite magnitude, from 1e-300 to 1e300.
 
     Constant columns are set to exactly zero (rather than to the rounding residue of
     ``c - mean``) so that they contribute nothing; a representation whose columns are
@@ -81,22 +97,38 @@ def centred_float64(x: Any, name: str, min_rows: int = 2, why: str = "this measu
     """
     arr = as_2d_array(x, name)
     require_rows(arr.shape[0], min_rows, name, why)
-    out = np.array(arr, dtype=np.float64, order="C", copy=True)
-    mean = out.mean(axis=0)
-    # Any NaN/inf in a column makes its mean non-finite, and finite float64 sums of
-    # float32/float64 data cannot overflow here, so this cheap check is exhaustive.
-    if not np.isfinite(mean).all():
-        raise non_finite_error(out, name)
-    out -= mean
-    constant = arr.max(axis=0) == arr.min(axis=0)
+    column_max, column_min = arr.max(axis=0), arr.min(axis=0)
+    # A NaN makes its column's max NaN and an infinity makes the max or the min infinite,
+    # so checking these 2d numbers is exhaustive.
+    if not (np.isfinite(column_max).all() and np.isfinite(column_min).all()):
+        raise non_finite_error(arr, name)
+    constant = column_max == column_min
     if constant.all():
         raise DegenerateRepresentationError(
             f"{name} is constant: all {arr.shape[0]} rows are identical, so its similarity to "
             "anything is undefined (a dead layer, or the wrong rows?)."
         )
+    varying = ~constant
+    # Constant columns end up exactly zero, so a large constant offset must not set the scale:
+    # it would push the varying columns into subnormal numbers, where precision is lost.
+    extremes = np.concatenate([column_max[varying], column_min[varying]]).astype(np.float64)
+    peak = float(np.abs(extremes).max())
+    shift = power_of_two_exponent(peak)
+    out = np.array(arr, dtype=np.float64, order="C", copy=True)
+    np.ldexp(out, -shift, out=out)  # now |out| < 1 where it matters, so the column sums cannot overflow
+    out -= out.mean(axis=0)
     if constant.any():
         out[:, constant] = 0.0
-    return out
+    # The varying column holding the peak keeps distinct values, so the spread is positive.
+    spread = max(float(out.max()), -float(out.min()))
+    spread_shift = power_of_two_exponent(spread)
+    np.ldexp(out, -spread_shift, out=out)
+    return out, shift + spread_shift
+
+
+def centred_float64(x: Any, name: str, min_rows: int = 2, why: str = "this measure") -> np.ndarray:
+    """The centred, power-of-two rescaled copy of :func:`centred_scaled_float64`, without its exponent."""
+    return centred_scaled_float64(x, name, min_rows, why)[0]
 
 
 def _shape(layer: Any) -> tuple[int, ...]:
