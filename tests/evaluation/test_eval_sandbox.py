@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pkt_core.evaluation.sandbox import OUTCOMES, SandboxError, SandboxLimits, detect_isolation, run_program
+from pkt_core.evaluation.sandbox import (
+    OUTCOMES,
+    SandboxError,
+    SandboxLimits,
+    detect_isolation,
+    run_program,
+)
 
 LIMITS = SandboxLimits(wall_seconds=6, cpu_seconds=2, memory_bytes=512 << 20, file_bytes=1 << 20)
 SANDBOX_MARK = "pkt-sandbox-"  # in every launcher's command line (its program path)
@@ -120,14 +126,14 @@ def test_writing_outside_the_sandbox_folder_is_blocked(parent, isolation):
         "import os\n"
         "print(os.getcwd())\n"
         "open('inside.txt', 'w').write('fine')\n"
-        "for path in (%r, '../escaped.txt', %r):\n"
+        f"for path in ({str(target)!r}, '../escaped.txt', {str(parent / 'sentinel.txt')!r}):\n"
         "    try:\n"
         "        open(path, 'w').write('escaped')\n"
         "    except OSError as error:\n"
         "        print('blocked', path, type(error).__name__)\n"
         "    else:\n"
         "        raise AssertionError('wrote ' + path)\n"
-    ) % (str(target), str(parent / "sentinel.txt"))
+    )
     result = run_program(source, LIMITS)
     assert result.outcome == "passed", result.detail
     assert result.stdout.count("blocked") == 3
@@ -140,13 +146,13 @@ def test_killing_its_parent_does_not_reach_the_evaluator(parent, isolation):
         pytest.skip("no PID namespace and no separate user here: a same-user program could signal the evaluator")
     source = (
         "import os, signal\n"
-        "for pid in (os.getppid(), %d):\n"
+        f"for pid in (os.getppid(), {os.getpid()}):\n"
         "    try:\n"
         "        os.kill(pid, signal.SIGKILL)\n"
         "    except OSError as error:\n"
         "        print('refused', pid, type(error).__name__)\n"
         "print('still here')\n"
-    ) % os.getpid()
+    )
     result = run_program(source, LIMITS)
     assert result.outcome in OUTCOMES
     os.kill(os.getpid(), 0)  # we are alive to read the outcome
@@ -174,7 +180,13 @@ def test_no_network_where_the_os_allows(parent, isolation):
 
 def test_isolation_is_recorded_and_limits_are_checked(isolation):
     described = isolation.describe()
-    assert {"command_prefix", "python", "user_id", "network_disabled", "pid_namespace"} <= described.keys()
+    assert {"command_prefix", "python", "user_id", "network_disabled", "pid_namespace", "mount_namespace"} \
+        <= described.keys()
+    # Every result says what its own run reached, which can be less than the mode promises.
+    reached = run_program("pass\n", LIMITS).isolation
+    assert {"namespaces", "user", "memory_limit", "private_folders", "work_folder", "proc_hidden"} <= reached.keys()
+    assert ("pid" in reached["namespaces"]) == isolation.pid_namespace
+    assert (reached["user"] is not None) == (isolation.user_id is not None)
     with pytest.raises(SandboxError, match="too small"):
         SandboxLimits(memory_bytes=1024)
 
