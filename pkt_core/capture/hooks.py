@@ -172,9 +172,14 @@ def capture_batch(
 
     with torch.no_grad(), record_residuals(model, layers) as recorder:
         output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
-        pre = {layer: recorder.resid_pre[layer].to("cpu", torch.float32) for layer in layers}
-        post = {layer: recorder.resid_post[layer].to("cpu", torch.float32) for layer in layers}
-    logits = output.logits.to("cpu", torch.float32) if options.include_logits else None
+        named = {("pre", layer): recorder.resid_pre[layer] for layer in layers}
+        named.update({("post", layer): recorder.resid_post[layer] for layer in layers})
+        if options.include_logits:
+            named[("logits", 0)] = output.logits
+        host = tensors_to_host_float32(named)
+    pre = {layer: host[("pre", layer)] for layer in layers}
+    post = {layer: host[("post", layer)] for layer in layers}
+    logits = host[("logits", 0)] if options.include_logits else None
 
     attention_cpu, positions_cpu, ids_cpu = attention_mask.cpu(), positions.cpu(), input_ids.cpu()
     kept, outlier = _kept_token_mask(attention_cpu, positions_cpu, post, options)
@@ -204,6 +209,26 @@ def capture_batch(
         logits=select(logits).to(storage_dtype) if logits is not None else None,
         dropped_outliers=dropped,
     )
+
+
+def tensors_to_host_float32(tensors: dict) -> dict:
+    """Every tensor as float32 on the CPU. GPU tensors are cast on the device, then copied
+    asynchronously into pinned host memory with one wait per device at the end, instead of one
+    blocking copy from pageable memory per layer."""
+    host: dict = {}
+    waits: set[torch.device] = set()
+    for key, tensor in tensors.items():
+        if tensor.device.type != "cuda":
+            host[key] = tensor.to("cpu", torch.float32)
+            continue
+        source = tensor.to(torch.float32)
+        target = torch.empty(source.shape, dtype=torch.float32, pin_memory=True)
+        target.copy_(source, non_blocking=True)
+        host[key] = target
+        waits.add(tensor.device)
+    for device in waits:
+        torch.cuda.current_stream(device).synchronize()
+    return host
 
 
 def _select_rows(states: torch.Tensor, kept: torch.Tensor, selection: str) -> torch.Tensor:

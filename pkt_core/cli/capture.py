@@ -16,10 +16,16 @@ def command_capture(args: argparse.Namespace) -> int:
     from pkt_core.capture.prompt_sources import load_prompts
     from pkt_core.models.loading import load_model
 
-    rank, world_size, local_rank = _init_distributed_if_launched(args.device)
-    device = args.device
+    from pkt_core.models.placement import distributed_local_device
+
+    # Under torchrun, auto / cuda mean this rank's own GPU (made current), not a shard over all.
+    device = distributed_local_device(args.device)
+    rank, world_size, local_rank = _init_distributed_if_launched(device)
     if world_size > 1 and device.startswith("cuda"):
+        import torch
+
         device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
     prompts = load_prompts(args.data, limit=args.limit, split=args.split, with_answer=args.with_answer)
     options = CaptureOptions(
         layers=parse_layer_list(args.layers),
@@ -90,7 +96,9 @@ def add_capture_parser(commands) -> None:
     capture.add_argument("--batch-size", type=int, default=8)
     capture.add_argument("--max-tokens", type=int, default=512, help="truncate prompts to this many tokens")
     capture.add_argument("--padding-side", choices=["left", "right"], default="right")
-    capture.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 for the model")
+    capture.add_argument("--dtype", default="fp32",
+                         help="precision policy: fp32, bf16, fp16 (fp32 weights, autocast), auto, bf16-weights, "
+                              "fp16-weights")
     capture.add_argument("--store-dtype", default="fp32", help="fp32, bf16 or fp16 for the stored activations")
     capture.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (sharded over all GPUs)")
     capture.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")

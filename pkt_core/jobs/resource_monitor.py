@@ -1,4 +1,9 @@
-"""Wall time and peak memory of a stretch of work, on the CPU (sampled RSS) and on GPUs."""
+"""Wall time and peak memory of a stretch of work, on the CPU (sampled RSS) and on GPUs.
+
+GPU peaks are read per device, and only on devices this process has already put to work: a CPU
+run never opens a CUDA context (which alone costs hundreds of MB per GPU and seconds of start-up),
+and a torchrun rank reports its own GPU, not its neighbours'.
+"""
 
 from __future__ import annotations
 
@@ -25,13 +30,27 @@ class StageCost:
     wall_seconds: float = 0.0
     peak_rss_bytes: int = 0
     peak_gpu_bytes: int | None = None
+    peak_gpu_bytes_per_device: dict[str, int] | None = None
 
     def to_record(self) -> dict:
+        """The manifest's per-stage record (GPU peak summed over devices; see :meth:`per_device_record`)."""
         return {
             "wall_seconds": round(self.wall_seconds, 3),
             "peak_rss_mib": round(self.peak_rss_bytes / 2**20, 1),
             "peak_gpu_mib": None if self.peak_gpu_bytes is None else round(self.peak_gpu_bytes / 2**20, 1),
         }
+
+    def per_device_record(self) -> dict[str, float]:
+        """Peak GPU MiB per device in use (``{}`` on a CPU run)."""
+        return {name: round(value / 2**20, 1) for name, value in (self.peak_gpu_bytes_per_device or {}).items()}
+
+
+def active_cuda_devices() -> list[int]:
+    """GPUs this process has a CUDA context on; empty (and no context created) for a CPU run."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return []
+    return [index for index in range(torch.cuda.device_count())
+            if torch.cuda.memory_reserved(index) > 0 or index == torch.cuda.current_device()]
 
 
 class PeakMemoryMonitor:
@@ -50,9 +69,9 @@ class PeakMemoryMonitor:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemoryMonitor":
-        if torch.cuda.is_available():
-            for index in range(torch.cuda.device_count()):
-                torch.cuda.reset_peak_memory_stats(index)
+        self._devices = active_cuda_devices()
+        for index in self._devices:
+            torch.cuda.reset_peak_memory_stats(index)
         self._started = time.monotonic()
         self.cost.peak_rss_bytes = _rss_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -65,7 +84,9 @@ class PeakMemoryMonitor:
             self._thread.join()
         self.cost.peak_rss_bytes = max(self.cost.peak_rss_bytes, _rss_bytes())
         self.cost.wall_seconds = time.monotonic() - self._started
-        if torch.cuda.is_available():
-            self.cost.peak_gpu_bytes = sum(
-                torch.cuda.max_memory_allocated(index) for index in range(torch.cuda.device_count())
-            )
+        # Devices first used during the stage count too (their peak is since their first use).
+        devices = sorted(set(self._devices) | set(active_cuda_devices()))
+        if devices:
+            per_device = {f"cuda:{index}": int(torch.cuda.max_memory_allocated(index)) for index in devices}
+            self.cost.peak_gpu_bytes_per_device = per_device
+            self.cost.peak_gpu_bytes = sum(per_device.values())

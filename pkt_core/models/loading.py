@@ -1,8 +1,9 @@
 """Load a causal LM and its tokenizer by registered name, local folder, GGUF file or hub id.
 
-One call, :func:`load_model`, with a dtype (fp32, bf16, fp16) and a device (``cpu``,
+One call, :func:`load_model`, with a precision policy (``dtype``: fp32, bf16, fp16, auto, or
+bf16-weights / fp16-weights; see :mod:`pkt_core.models.precision`) and a device (``cpu``,
 ``cuda[:i]`` or ``auto``: an accelerate ``device_map`` that shards a model too big for one GPU
-over all GPUs). Memory is estimated from the config first; a model that cannot fit is refused
+over all GPUs; under torchrun, each rank's own GPU). Memory is estimated from the config first; a model that cannot fit is refused
 with the numbers before a byte of weights is read.
 """
 
@@ -24,7 +25,13 @@ from pkt_core.models.memory import (
     check_fits,
     count_parameters_from_config,
     dtype_name,
-    parse_dtype,
+)
+from pkt_core.models.placement import distributed_local_device
+from pkt_core.models.precision import (
+    PrecisionPolicy,
+    install_precision,
+    policy_for_weights,
+    resolve_precision,
 )
 from pkt_core.models.provisioning import PROVENANCE_FILE, is_cached
 from pkt_core.models.registry import MODELS
@@ -63,6 +70,13 @@ class LoadedModel:
     fingerprint: str
     parameters: int
     notes: list[str] = field(default_factory=list)
+    # How it computes (autocast, fp32 head, master weights); ``dtype`` is what its weights are
+    # stored in. None: the policy the weight dtype implies (fp32: the plain reference).
+    precision: PrecisionPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision is None:
+            self.precision = policy_for_weights(self.dtype)
 
     @property
     def name(self) -> str:
@@ -86,6 +100,7 @@ class LoadedModel:
             "vocab_size": self.adapter.vocab_size,
             "parameters": self.parameters,
             "dtype": dtype_name(self.dtype),
+            "precision": self.precision.record(),
             "device": self.device,
             "fingerprint": self.fingerprint,
             "notes": list(self.notes),
@@ -152,11 +167,19 @@ def load_model(
     trust_remote_code: bool = False,
     check_memory: bool = True,
 ) -> LoadedModel:
-    """Load model + tokenizer; ``device`` is cpu, cuda, cuda:N or auto (sharded over all GPUs)."""
+    """Load model + tokenizer; ``device`` is cpu, cuda, cuda:N or auto (sharded over all GPUs).
+
+    ``dtype`` names a precision policy (:func:`pkt_core.models.precision.resolve_precision`):
+    ``bf16`` keeps float32 weights and computes under bf16 autocast; ``bf16-weights`` stores the
+    weights in bf16; a ``torch.dtype`` means weights stored in it.
+    """
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    # Under torchrun every rank takes its own GPU rather than sharding over all of them.
+    device = distributed_local_device(device)
     device = "cuda:0" if device == "cuda" else device
+    policy = resolve_precision(dtype, device)
+    torch_dtype = policy.weight_dtype
     location = resolve_model_reference(reference)
     config = load_config(location, trust_remote_code)
     parameters = count_parameters_from_config(config)
@@ -189,6 +212,7 @@ def load_model(
         model.hf_quantizer = None
     model.eval()
     adapter = adapter_for(model)
+    install_precision(model, adapter.lm_head(), policy)
     tokenizer, notes = _load_tokenizer(path_or_id, extra, trust_remote_code)
     return LoadedModel(
         model=model,
@@ -197,9 +221,10 @@ def load_model(
         dtype=torch_dtype,
         device=resolved_device,
         adapter=adapter,
-        fingerprint=model_fingerprint(location),
+        fingerprint=model_fingerprint(location) + policy.fingerprint_suffix(),
         parameters=parameters,
         notes=notes,
+        precision=policy,
     )
 
 
@@ -247,11 +272,24 @@ def model_fingerprint(location: ModelLocation) -> str:
     return digest.hexdigest()[:16]
 
 
-def wrap_loaded_model(model: torch.nn.Module, tokenizer, name: str, device: str = "cpu") -> LoadedModel:
-    """A :class:`LoadedModel` for a model already in memory (built from a config, or just trained)."""
+def wrap_loaded_model(model: torch.nn.Module, tokenizer, name: str, device: str = "cpu",
+                      precision: str | PrecisionPolicy | None = None) -> LoadedModel:
+    """A :class:`LoadedModel` for a model already in memory (built from a config, or just trained).
+
+    ``precision`` (a policy or its name) converts the weights to the policy's storage dtype and
+    attaches its autocast; None keeps the weights as they are, under the policy they imply.
+    """
     model.eval()
-    parameters = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     first = next(model.parameters())
+    if precision is None:
+        policy = policy_for_weights(first.dtype)
+    else:
+        policy = precision if isinstance(precision, PrecisionPolicy) else resolve_precision(precision, device)
+        if first.dtype != policy.weight_dtype:
+            model.to(policy.weight_dtype)
+    adapter = adapter_for(model)
+    install_precision(model, adapter.lm_head(), policy)
+    parameters = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     # Every weight goes into the fingerprint: caches (semantic bases, evaluation results) key on
     # it, and an in-memory model is often one that was just changed.
     digest = hashlib.sha256(f"memory:{name}:{parameters}".encode())
@@ -262,9 +300,10 @@ def wrap_loaded_model(model: torch.nn.Module, tokenizer, name: str, device: str 
         model=model,
         tokenizer=tokenizer,
         location=ModelLocation(name, "memory", name, display_name=name),
-        dtype=first.dtype,
+        dtype=policy.weight_dtype,
         device=device,
-        adapter=adapter_for(model),
-        fingerprint=digest.hexdigest()[:16],
+        adapter=adapter,
+        fingerprint=digest.hexdigest()[:16] + policy.fingerprint_suffix(),
         parameters=parameters,
+        precision=policy,
     )

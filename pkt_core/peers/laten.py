@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from pkt_core.models.loading import LoadedModel
+from pkt_core.models.placement import on_device_of
 from pkt_core.peers.sublayers import BlockLayout, block_layout, find_submodule
 from pkt_core.peers.training import answer_ce, train_minibatches
 from pkt_core.transfer.alignment_data import TokenisedSamples
@@ -115,7 +116,8 @@ def logit_lens_location(loaded: LoadedModel, samples: TokenisedSamples, batch_si
                     post_norm = layout.post_norm(kind)
                     contribution = find_submodule(blocks[layer], post_norm)(output) if post_norm else output
                     with_sublayer = _answer_log_probs(loaded, residual + contribution, answers)
-                    if carried is not None and torch.equal(carried[0], residual):
+                    # On a sharded model the next block's input sits on its own GPU: compare there.
+                    if carried is not None and torch.equal(on_device_of(carried[0], residual), residual):
                         without = carried[1]
                     else:
                         with torch.no_grad():
@@ -209,9 +211,12 @@ class NeuronPair:
     hypernetwork: NeuronDeltaHypernetwork
 
     def delta_matrix(self, delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The full-weight delta: ``delta`` (neurons x D_tgt) in the selected columns, zero elsewhere."""
-        full = torch.zeros_like(weight)
-        full[:, self.target_neurons] = delta.T.to(weight.dtype)
+        """The full-weight delta: ``delta`` (neurons x D_tgt) in the selected columns, zero elsewhere.
+
+        Always float32, whatever the weight stores: the deltas are ~1e-4 (init std 1e-5), and in
+        bf16 almost half of them would round away before they are ever added."""
+        full = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        full[:, self.target_neurons] = delta.T.to(weight.device, torch.float32)
         return full
 
 
@@ -277,7 +282,8 @@ def train_hypernetworks(target: LoadedModel, pairs: list[NeuronPair], samples: T
     torch.manual_seed(seed)
     try:
         return train_minibatches(samples, [p for pair in pairs for p in pair.hypernetwork.parameters()], loss_terms,
-                                 weights, learning_rate, batch_size, epochs, seed, "laten", on_step, should_cancel)
+                                 weights, learning_rate, batch_size, epochs, seed, "laten", on_step, should_cancel,
+                                 precision=target.precision)
     finally:
         for handle in handles:
             handle.remove()

@@ -80,7 +80,8 @@ def low_rank_factors(block: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     u, s, vh = torch.linalg.svd(block.detach().to("cpu", torch.float64), full_matrices=False)
     r = min(rank, s.numel())
     energy = float((s[:r].square().sum() / s.square().sum().clamp(min=1e-300)))
-    return (u[:, :r] * s[:r]).to(block.dtype), vh[:r].to(block.dtype), energy
+    # float32 whatever the source stores: the factors become trained float32 LoRA weights.
+    return (u[:, :r] * s[:r]).to(torch.float32), vh[:r].to(torch.float32), energy
 
 
 def check_pair(source: LoadedModel, target: LoadedModel, config=None) -> None:
@@ -122,7 +123,7 @@ def extract_knowledge(
             rows, cols = window.slices()
             scaled_b, a, energy = low_rank_factors(source_weight.detach()[rows, cols], rank)
             extracted.append(ExtractedMatrix(target_layer, source_layer, path, window,
-                                             scaled_b.to(target_weight.dtype), a.to(target_weight.dtype), energy))
+                                             scaled_b, a, energy))
     return scores, selected, extracted
 
 
@@ -226,7 +227,8 @@ def train_seeking(context: RunContext) -> TrainedTransfer:
             records = train_minibatches(
                 context.alignment, [p for w in wrappers.values() for p in (w.lora_a, w.lora_b)],
                 lambda batch: {"answer_ce": answer_ce(target, batch)}, config.losses, config.learning_rate,
-                config.batch_size, config.epochs, config.seed, "seeking", context.on_progress, context.should_cancel)
+                config.batch_size, config.epochs, config.seed, "seeking", context.on_progress, context.should_cancel,
+                precision=target.precision)
         finally:
             factors = remove_lora(target, wrappers)
             model.train(False)

@@ -79,6 +79,9 @@ class TransferConfigError(PktError):
     """A transfer configuration asks for something inconsistent."""
 
 
+DEFAULT_SIMILARITY_MEASURES = ("linear_cka", "linear_cka_unbiased", "rbf_cka", "svcca", "pwcca", "mean_cca",
+                               "procrustes", "mutual_knn")
+
 @dataclass
 class TransferConfig:
     source: str
@@ -107,6 +110,7 @@ class TransferConfig:
     allow_shared_subset: bool = False
     stages: list[int] | None = None  # target layers to train (default all)
     seed: int = 0
+    # Precision policy (pkt_core.models.precision): fp32 | bf16 | fp16 | auto | bf16-weights | fp16-weights
     dtype: str = "fp32"
     source_device: str = "cpu"
     target_device: str = "cpu"
@@ -114,6 +118,9 @@ class TransferConfig:
     eval_tasks: list[str] = field(default_factory=list)  # evaluated for source, target before and after
     eval_limit: int | None = None  # items per task (MMLU: per subject), a fixed recorded subset
     fidelity: bool | None = None  # decomposition-fidelity table (SemAlign's Figure 2); default on for semalign only
+    # Layer similarity on the probe rows, before and after (transfer/probe_similarity.py): the CKA and
+    # CCA families by default.
+    similarity_measures: list[str] = field(default_factory=lambda: list(DEFAULT_SIMILARITY_MEASURES))
     # Whole-model peer methods (seeking, laten): passes over the alignment samples, one optimizer
     # step per minibatch of ``batch_size`` (unused, and None, for the frontier methods).
     epochs: int | None = None
@@ -124,6 +131,12 @@ class TransferConfig:
     laten_hidden_size: int = 64  # hypernetwork hidden width
 
     def __post_init__(self) -> None:
+        from pkt_core.similarity.measures import MEASURES
+
+        unknown = [name for name in self.similarity_measures if name not in MEASURES]
+        if unknown or "linear_cka" not in self.similarity_measures:
+            raise TransferConfigError(f"similarity measures must include linear_cka (the layer maps read it) and be "
+                                      f"among {', '.join(MEASURES)}; unknown: {', '.join(unknown) or 'none'}")
         if self.method not in METHODS:
             raise TransferConfigError(f"unknown transfer method {self.method!r}; choose one of {', '.join(METHODS)}")
         for name, value in METHOD_DEFAULTS[self.method].items():
@@ -149,6 +162,10 @@ class TransferConfig:
             raise TransferConfigError("trainable must be 'block' or 'lora'")
         if self.lora_rank < 1:
             raise TransferConfigError("lora_rank must be at least 1")
+        from pkt_core.models.precision import POLICY_NAMES
+
+        if self.dtype not in POLICY_NAMES:
+            raise TransferConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(POLICY_NAMES)}")
 
     def _check_semalign(self) -> None:
         if not self.variant:

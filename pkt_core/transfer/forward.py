@@ -13,6 +13,7 @@ import torch
 
 from pkt_core.capture.hooks import position_ids_from_mask
 from pkt_core.models.loading import LoadedModel
+from pkt_core.models.placement import on_device_of
 from pkt_core.transfer.alignment_data import TokenisedSamples
 
 
@@ -82,10 +83,14 @@ def forward_to_frontier(
 def frontier_site_states(loaded: LoadedModel, outputs: FrontierOutputs, site: str, final_norm_applied: bool
                          ) -> torch.Tensor:
     """The frontier layer's states at ``site``: block output (final-normed when the supervision
-    is) or the block's residual contribution."""
+    is) or the block's residual contribution. A final-normed state comes back on the frontier
+    layer's device (on a sharded model the final norm sits on the last GPU)."""
     if site != "block_output":
         return outputs.resid_post - outputs.resid_pre
-    return loaded.adapter.final_norm()(outputs.resid_post) if final_norm_applied else outputs.resid_post
+    if not final_norm_applied:
+        return outputs.resid_post
+    norm = loaded.adapter.final_norm()
+    return on_device_of(norm(on_device_of(outputs.resid_post, norm)), outputs.resid_post)
 
 
 def layer_token_mask(batch: TokenisedSamples, drop_first_position: bool) -> torch.Tensor:
@@ -103,4 +108,5 @@ def answer_loss(logits: torch.Tensor, batch: TokenisedSamples) -> torch.Tensor:
     mask = batch.prediction_mask().to(logits.device)
     targets = batch.next_tokens().to(logits.device)[mask]
     rows = logits if logits.dim() == 2 else logits[mask]
-    return torch.nn.functional.cross_entropy(rows.float(), targets)
+    with torch.autocast(logits.device.type, enabled=False):  # a softmax over the vocabulary: float32
+        return torch.nn.functional.cross_entropy(rows.float(), targets)

@@ -5,6 +5,12 @@ untouched.
 A stage runs ``steps`` optimizer updates, each over all alignment samples (gradient accumulation
 over minibatches). When no loss needs the final logits, the forward pass stops right after the
 frontier layer, so a stage costs a partial forward and a one-layer backward.
+
+Precision (:mod:`pkt_core.models.precision`): the model's forward runs under the target's policy
+(bf16 autocast, say); the frontier block trains in float32 master weights whatever the model
+stores (a bf16-stored block is held in float32 for its stage), the optimizer updates float32
+tensors, fp16 gets a gradient scaler, and every step checks its loss and gradients are finite.
+The stage's delta is float32 and is merged by one rounding (:func:`apply_weight_delta`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import torch
 
 from pkt_core.errors import PktError
 from pkt_core.models.loading import LoadedModel
+from pkt_core.models.placement import on_device_of
+from pkt_core.models.precision import check_finite_step, grad_scaler, merge_delta, model_device_type
 from pkt_core.transfer import losses as loss_functions
 from pkt_core.transfer.alignment_data import TokenisedSamples
 from pkt_core.transfer.config import TransferConfig
@@ -35,20 +43,6 @@ if TYPE_CHECKING:
 
 PAPER_VERSION = "v2-reconstructed"
 StepCallback = Callable[[str, int, float], None]
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _answer_row_offsets(samples: TokenisedSamples) -> torch.Tensor:
@@ -78,10 +72,13 @@ def stage_losses(
     prediction = batch.prediction_mask().to(device)
 
     def supervised(site: str) -> torch.Tensor:
-        return supervision.targets[(layer, site)][index, :length].to(device, outputs.resid_post.dtype)
+        return supervision.targets[(layer, site)][index, :length].to(device, torch.float32)
 
     def site_states(site: str) -> torch.Tensor:
-        return frontier_site_states(loaded, outputs, site, supervision.final_norm_applied)
+        # The final norm may sit on another GPU than the frontier layer (a sharded model): bring
+        # its output back to the layer's device, where the masks and the supervision are.
+        return on_device_of(frontier_site_states(loaded, outputs, site, supervision.final_norm_applied),
+                            outputs.resid_post)
 
     terms: dict[str, torch.Tensor] = {}
     weights = {name: weight for name, weight in config.losses.items() if weight}
@@ -96,7 +93,7 @@ def stage_losses(
     if "fisher_logit" in weights:
         head = loaded.adapter.lm_head().weight
         states = site_states("block_output")[prediction]
-        terms["fisher_logit"] = loss_functions.fisher_logit_loss(states, supervised("block_output")[prediction].to(head.device), head)
+        terms["fisher_logit"] = loss_functions.fisher_logit_loss(states, supervised("block_output")[prediction], head)
     if "output_cosine" in weights:
         logits = outputs.answer_logits.float()
         answers = batch.next_tokens()[batch.prediction_mask()].to(logits.device)
@@ -115,6 +112,25 @@ def block_parameter_prefix(loaded: LoadedModel, layer: int) -> str:
     return f"{loaded.adapter.paths.decoder_layers.split('|')[0]}.{layer}."
 
 
+def _hold_in_float32(block: torch.nn.Module) -> dict[str, torch.dtype]:
+    """Convert a block's low-precision parameters to float32 in place (the stage's master
+    weights); returns the dtypes to restore. A float32 block is left as it is."""
+    stored = {name: p.dtype for name, p in block.named_parameters()}
+    with torch.no_grad():
+        for parameter in block.parameters():
+            if parameter.dtype != torch.float32:
+                parameter.data = parameter.data.to(torch.float32)
+    return stored
+
+
+def _restore_dtypes(block: torch.nn.Module, stored: dict[str, torch.dtype], values: dict[str, torch.Tensor]) -> None:
+    """Put every block parameter back to ``values`` (exactly representable: they came from the
+    stored dtype) in its stored dtype."""
+    with torch.no_grad():
+        for name, parameter in block.named_parameters():
+            parameter.data = values[name].to(parameter.device, stored[name]).clone()
+
+
 def train_stage(
     loaded: LoadedModel,
     layer: int,
@@ -125,11 +141,14 @@ def train_stage(
     should_cancel: Callable[[], bool] | None = None,
 ) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """Train the frontier ``layer``; returns per-step loss records and the weight delta of the
-    stage (full deltas of changed tensors, or the LoRA factors when ``trainable == 'lora'``)."""
+    stage (float32 deltas of changed tensors, or the float32 LoRA factors when ``trainable == 'lora'``).
+
+    Raises :class:`pkt_core.models.precision.NonFiniteStepError` on a NaN or infinite step."""
     model = loaded.model
     block = loaded.adapter.decoder_layers()[layer]
     prefix = block_parameter_prefix(loaded, layer)
-    before = {name: tensor.detach().clone() for name, tensor in block.state_dict().items()}
+    stored_dtypes = _hold_in_float32(block)
+    before = {name: tensor.detach().clone() for name, tensor in block.named_parameters()}
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     torch.manual_seed(config.seed * 1009 + layer)
@@ -141,6 +160,7 @@ def train_stage(
     for parameter in trainable:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    scaler = grad_scaler(loaded.precision, model_device_type(model))
     offsets = _answer_row_offsets(samples)
     order = list(range(len(samples)))
     records: list[dict] = []
@@ -151,23 +171,32 @@ def train_stage(
                 raise TransferCancelled(f"cancelled during stage {layer}, step {step}")
             started = time.monotonic()
             optimizer.zero_grad(set_to_none=True)
-            totals: dict[str, float] = {}
+            totals: dict[str, torch.Tensor] = {}
             for start in range(0, len(order), config.batch_size):
                 indices = order[start : start + config.batch_size]
                 batch = samples.select(indices)
                 terms = stage_losses(loaded, batch, indices, layer, supervision, config, offsets)
                 share = len(indices) / len(order)
-                loss = sum(config.losses[name] * value for name, value in terms.items()) * share
-                loss.backward()
+                # Terms of a sharded model may sit on different GPUs: sum them on the first one's.
+                first = next(iter(terms.values()))
+                loss = sum(config.losses[name] * on_device_of(value.to(torch.float32), first)
+                           for name, value in terms.items()) * share
+                scaler.scale(loss).backward()
                 for name, value in terms.items():
-                    totals[name] = totals.get(name, 0.0) + float(value.detach()) * share
-            optimizer.step()
+                    # Kept on the device: the host reads the totals once per step, not per batch.
+                    piece = value.detach().to(torch.float32) * share
+                    totals[name] = totals[name] + piece if name in totals else piece
+            totals = {name: value.cpu() for name, value in totals.items()}
             total = sum(config.losses[name] * value for name, value in totals.items())
-            records.append({"stage_layer": layer, "step": step, "loss": total,
-                            **{f"loss_{name}": value for name, value in totals.items()},
+            check_finite_step(total, trainable, f"stage {layer}", step, scaler)
+            scaler.step(optimizer)
+            scaler.update()
+            total_value = float(total)
+            records.append({"stage_layer": layer, "step": step, "loss": total_value,
+                            **{f"loss_{name}": float(value) for name, value in totals.items()},
                             "seconds": round(time.monotonic() - started, 3)})
             if on_step is not None:
-                on_step(f"stage {layer}", step, total)
+                on_step(f"stage {layer}", step, total_value)
     finally:
         lora_factors: dict[str, torch.Tensor] = {}
         if config.trainable == "lora":
@@ -177,22 +206,21 @@ def train_stage(
                     lora_factors[f"{prefix}{name}.weight.lora_b"] = scaled_b
                     lora_factors[f"{prefix}{name}.weight.lora_a"] = a
             detach_lora(block)
-            # Merge with the arithmetic of apply_weight_delta, so that the saved factors re-applied
-            # to the untouched target give exactly these weights.
-            apply_weight_delta(model, lora_factors)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
     if config.trainable == "lora":
+        _restore_dtypes(block, stored_dtypes, before)
+        # Merge with the arithmetic of apply_weight_delta, so that the saved factors re-applied
+        # to the untouched target give exactly these weights.
+        apply_weight_delta(model, lora_factors)
         return records, lora_factors
-    after = block.state_dict()
-    delta = {f"{prefix}{name}": (after[name] - value).detach().clone()
-             for name, value in before.items() if not torch.equal(after[name], value)}
-    # ``before + (after - before)`` may differ from ``after`` in the last bit: keep the weights a
-    # replay of the saved delta gives, so a run's delta rebuilds its target exactly.
-    with torch.no_grad():
-        for name, value in before.items():
-            if f"{prefix}{name}" in delta:
-                after[name].copy_(value)
+    after = dict(block.named_parameters())
+    delta = {f"{prefix}{name}": (after[name].detach() - value).clone()
+             for name, value in before.items() if not torch.equal(after[name].detach(), value)}
+    # Keep the weights a replay of the saved delta gives (``before + (after - before)`` may differ
+    # from ``after`` in the last bit, and a bf16-stored block is rounded once), so a run's delta
+    # rebuilds its target exactly.
+    _restore_dtypes(block, stored_dtypes, before)
     apply_weight_delta(model, delta)
     return records, delta
 
@@ -240,7 +268,8 @@ def frontier_trainable_parameters(target: LoadedModel, config: TransferConfig) -
 
 
 def apply_weight_delta(model: torch.nn.Module, delta: dict[str, torch.Tensor]) -> None:
-    """Add a saved delta (full tensors, or LoRA factor pairs ``*.lora_b`` / ``*.lora_a``) to ``model``."""
+    """Add a saved delta (full tensors, or LoRA factor pairs ``*.lora_b`` / ``*.lora_a``) to ``model``,
+    forming each sum in float32 and rounding it once to the weight's dtype."""
     parameters = dict(model.named_parameters())
     with torch.no_grad():
         for key, value in delta.items():
@@ -253,5 +282,6 @@ def apply_weight_delta(model: torch.nn.Module, delta: dict[str, torch.Tensor]) -
                 name, update = key, value
             if name not in parameters:
                 raise PktError(f"the weight delta names {name!r}, which this model does not have: wrong target model?")
-            target = parameters[name]
-            target.add_(update.to(target.device, target.dtype))
+            # One rounding of the float32 sum: a low-precision weight keeps updates smaller than its
+            # own step instead of losing them to a rounded update added to a rounded weight.
+            merge_delta(parameters[name], update)

@@ -23,12 +23,18 @@ class LoRALinear(nn.Module):
         self.rank = rank
         self.scale = alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype, device=base.weight.device))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype, device=base.weight.device))
+        # The factors are float32 whatever the base stores: they are the trained (master) weights,
+        # and a bf16 optimizer step would leave most of their small updates unapplied.
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=torch.float32, device=base.weight.device))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=torch.float32, device=base.weight.device))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.base(inputs) + self.scale * (self.dropout(inputs) @ self.lora_a.T) @ self.lora_b.T
+        base = self.base(inputs)
+        # Under autocast the matmuls run in the compute dtype; outside it, the low-rank path runs in
+        # float32 and is added in the base output's dtype.
+        update = (self.dropout(inputs).to(self.lora_a.dtype) @ self.lora_a.T) @ self.lora_b.T
+        return base + self.scale * update.to(base.dtype)
 
     def initialise_from(self, scaled_b: torch.Tensor, a: torch.Tensor) -> None:
         """Start from a given low-rank update ``scaled_b @ a`` (B is stored divided by ``scale``)."""
@@ -44,7 +50,9 @@ class LoRALinear(nn.Module):
         return (self.scale * self.lora_b).detach().clone(), self.lora_a.detach().clone()
 
     def merged_weight(self) -> torch.Tensor:
-        return self.base.weight + self.scale * self.lora_b @ self.lora_a
+        """The merged weight in the base's dtype: the float32 sum rounded once."""
+        total = self.base.weight.float() + self.scale * self.lora_b @ self.lora_a
+        return total.to(self.base.weight.dtype)
 
 
 def attach_lora(block: nn.Module, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS, rank: int = 16, alpha: float = 16.0,

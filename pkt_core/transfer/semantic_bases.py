@@ -129,6 +129,7 @@ def heads_are_tied(head_weight: torch.Tensor, embedding_weight: torch.Tensor, to
         return False, float("inf")
     if head_weight.data_ptr() == embedding_weight.data_ptr():
         return True, 0.0
-    head, embedding = head_weight.detach().double(), embedding_weight.detach().double()
+    # On CPU in float64: on a sharded model the head and the embeddings sit on different GPUs.
+    head, embedding = head_weight.detach().to("cpu", torch.float64), embedding_weight.detach().to("cpu", torch.float64)
     relative = float((head - embedding).norm() / head.norm().clamp(min=1e-30))
     return relative < tolerance, relative

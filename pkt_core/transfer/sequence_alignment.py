@@ -149,7 +149,7 @@ def sequence_stage_losses(
     mask = sequence_token_mask(batch, config.drop_first_position).to(device)
 
     def supervised(site: str) -> torch.Tensor:
-        return supervision.targets[(layer, site)][index].to(device, outputs.resid_post.dtype)
+        return supervision.targets[(layer, site)][index].to(device, torch.float32)
 
     def site_states(site: str) -> torch.Tensor:
         from pkt_core.transfer.forward import frontier_site_states
@@ -171,7 +171,7 @@ def sequence_stage_losses(
         head = loaded.adapter.lm_head().weight
         anchors = anchor_positions(batch).to(device)
         states = site_states("block_output")[torch.arange(len(indices), device=device), anchors]
-        terms["fisher_logit"] = loss_functions.fisher_logit_loss(states, supervised(ANCHOR_SITE).to(head.device), head)
+        terms["fisher_logit"] = loss_functions.fisher_logit_loss(states, supervised(ANCHOR_SITE), head)
     if "output_cosine" in weights:
         logits = outputs.answer_logits.float()
         answers = batch.next_tokens()[batch.prediction_mask()].to(logits.device)

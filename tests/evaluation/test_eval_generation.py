@@ -83,10 +83,16 @@ def test_bad_generation_requests_are_refused():
         generate_until(loaded, ["x"], [], 10_000)
 
 
+@pytest.mark.parametrize("host_sync_steps", [1, 3])
 @pytest.mark.parametrize("model_type", ["qwen2", "gpt_neox", "gemma3_text"])
-def test_rows_that_stop_early_leave_the_batch_and_the_others_continue_unchanged(model_type, monkeypatch):
+def test_rows_that_stop_early_leave_the_batch_and_the_others_continue_unchanged(model_type, host_sync_steps,
+                                                                                 monkeypatch):
     from transformers.cache_utils import DynamicCache
 
+    from pkt_core.evaluation import generation
+
+    # Rows leave the batch when the host reads the new tokens: every step, or every few steps.
+    monkeypatch.setattr(generation, "HOST_SYNC_STEPS", host_sync_steps)
     loaded = tiny(model_type, seed=2)
     free = generate_until(loaded, PROMPTS, [], max_new_tokens=12, batch_size=len(PROMPTS))
     # Stops the model is known to produce, early in some rows: those rows finish first.
