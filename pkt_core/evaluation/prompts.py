@@ -131,8 +131,8 @@ def mmlu_continuations() -> list[str]:
 def reference_answer(item: TaskItem) -> str:
     """The target shown in the records: the gold letter, number, or the tests."""
     doc = item.doc
-    if item.task == "mmlu":
-        return MMLU_CHOICE_LETTERS[doc["answer"]]
+    if item.task in ("mmlu", "arc_easy", "arc_challenge"):
+        return "ABCDEFGHIJ"[doc["answer"]]
     if item.task == "gsm8k":
         return doc["answer"]
     if item.task == "humaneval":

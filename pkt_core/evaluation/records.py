@@ -25,11 +25,14 @@ from pkt_core.errors import PktError
 ITEMS_FILE = "items.parquet"
 SUMMARY_FILE = "summary.json"
 ITEM_COLUMNS = ("task", "item_id", "subject", "prompt", "target", "prediction", "score", "outcome", "details",
-                "cached")
+                "cached", "formulation", "gold_logprob", "gold_prob")
+# formulation: how the item was asked (e.g. mmlu-mc-0shot); gold_logprob / gold_prob: the continuous
+# measures of pkt_core.evaluation.continuous (gold_prob only for choice tasks).
 ITEM_SCHEMA = pa.schema([
     ("task", pa.string()), ("item_id", pa.string()), ("subject", pa.string()), ("prompt", pa.string()),
     ("target", pa.string()), ("prediction", pa.string()), ("score", pa.float64()), ("outcome", pa.string()),
-    ("details", pa.string()), ("cached", pa.bool_()),
+    ("details", pa.string()), ("cached", pa.bool_()), ("formulation", pa.string()), ("gold_logprob", pa.float64()),
+    ("gold_prob", pa.float64()),
 ])
 
 

@@ -12,6 +12,7 @@ mbpp       test minus the reserved slice: ids 11-382    prompt split (ids 2-4) +
                                                         items (ids 383-510); the files hold no train
 humaneval  test (164)                                   the MBPP pool above: HumanEval has only its
                                                         164 test problems and all are evaluated
+arc_*      test (2,376 Easy, 1,172 Challenge)           validation (570, 299); ARC is evaluation-only
 ========== ============================================ =============================================
 
 With ``source="hub"`` the real training splits exist, so nothing is reserved: GSM8K aligns on
@@ -22,6 +23,12 @@ but is only sound for a model that was not aligned on the reserved slice; the ru
 ``--limit N`` keeps a fixed subset: for MMLU the first N items of every subject (file order), for
 the other tasks the first N evaluation items. No randomness, so two runs with the same N see the
 same items, and the ids are recorded with the results.
+
+``--sample N`` keeps N items drawn with a seed instead (MMLU: round-robin over subjects, so
+every subject is represented before any gets a second item). Use it where the first items of
+a file are not representative, or to spread a fixed budget over a whole test set: a continuous
+measure (gold log-probability) has a per-item spread that often gives a useful interval from a
+few hundred items, where an accuracy difference needs thousands.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from pkt_core.evaluation.tasks import TaskItem, check_task, load_items
 from pkt_core.offline_data import DataSourceError
 
 RESERVED_FOR_ALIGNMENT = {"gsm8k": 200, "mbpp": 128}  # the last N test items, in file order
-EVALUATION_SPLIT = {"mmlu": "test", "gsm8k": "test", "mbpp": "test", "humaneval": "test"}
+EVALUATION_SPLIT = {"mmlu": "test", "gsm8k": "test", "mbpp": "test", "humaneval": "test", "arc_easy": "test",
+                    "arc_challenge": "test"}
 
 
 class SplitError(DataSourceError):
@@ -79,6 +87,8 @@ def alignment_pool(task: str, source: str = "offline") -> ItemSubset:
     if task == "mmlu":
         items = load_items("mmlu", "dev", source) + load_items("mmlu", "validation", source)
         return ItemSubset(items, f"mmlu dev + validation ({source})")
+    if task in ("arc_easy", "arc_challenge"):
+        return ItemSubset(load_items(task, "validation", source), f"{task} validation ({source})")
     if task == "gsm8k":
         if source == "hub":
             return ItemSubset(load_items("gsm8k", "train", source), "gsm8k train (hub)")
@@ -127,6 +137,31 @@ def limit_subset(subset: ItemSubset, limit: int | None) -> ItemSubset:
                 kept.append(item)
         return ItemSubset(tuple(kept), f"{subset.rule}; first {limit} per subject in file order")
     return ItemSubset(subset.items[:limit], f"{subset.rule}; first {limit} in file order")
+
+
+def sample_subset(subset: ItemSubset, count: int | None, seed: int = 0) -> ItemSubset:
+    """``count`` items drawn with ``seed``, kept in file order; MMLU round-robin over subjects (each subject's
+    items shuffled with the seed, then one per subject per round), so subjects stay balanced."""
+    if count is None:
+        return subset
+    if count < 1:
+        raise SplitError(f"--sample must be a positive number of items, not {count}")
+    rng = np.random.default_rng(seed)
+    if subset.items and subset.items[0].task == "mmlu":
+        groups: dict[str, list[int]] = {}
+        for index, item in enumerate(subset.items):
+            groups.setdefault(item.subject, []).append(index)
+        queues = [list(rng.permutation(indices)) for _, indices in sorted(groups.items())]
+        chosen: list[int] = []
+        while len(chosen) < min(count, len(subset.items)):
+            for queue in queues:
+                if queue and len(chosen) < count:
+                    chosen.append(int(queue.pop(0)))
+    else:
+        chosen = [int(index) for index in rng.permutation(len(subset.items))[:count]]
+    kept = tuple(subset.items[index] for index in sorted(chosen))
+    how = "round-robin over subjects" if subset.items and subset.items[0].task == "mmlu" else "uniformly"
+    return ItemSubset(kept, f"{subset.rule}; {len(kept)} drawn {how} with seed {seed}, in file order")
 
 
 def ids_digest(ids: list[str]) -> str:

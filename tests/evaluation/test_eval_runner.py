@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pkt_core.cli.main import main
-from pkt_core.evaluation import runner
+from pkt_core.evaluation import choice, runner
 from pkt_core.evaluation.generation import Generation
 from pkt_core.evaluation.prompts import build_prompt, prompt_variant
 from pkt_core.evaluation.records import read_items, read_summary
@@ -43,7 +43,9 @@ def test_mmlu_records_match_an_independent_scoring_and_the_cache_is_reused(tmp_p
     first = evaluate(loaded, EvalOptions("mmlu", limit=1, batch_size=16), out=tmp_path / "first")
     items, summary = read_items(tmp_path / "first"), read_summary(tmp_path / "first")
     assert len(items) == 57 and items["item_id"].is_unique and not items["cached"].any()
-    assert summary["counts"] == {"scored": 57, "from_cache": 0}
+    # Every item once, and the PriDe estimation items under their three other rotations.
+    rotated = 3 * summary["prior_correction"]["estimation_items"]
+    assert summary["counts"] == {"scored": 57 + rotated, "from_cache": 0, "items": 57, "rotations": 57 + rotated}
     assert summary["metrics"]["acc"]["mean"] == pytest.approx(items["score"].mean())
     assert summary["metrics"]["acc"]["low"] <= summary["metrics"]["acc"]["mean"] <= summary["metrics"]["acc"]["high"]
     assert len(summary["per_subject"]) == 57 and all(row["n"] == 1 for row in summary["per_subject"])
@@ -72,12 +74,13 @@ def test_mmlu_records_match_an_independent_scoring_and_the_cache_is_reused(tmp_p
         raise AssertionError("a cached item reached the model")
 
     with monkeypatch.context() as patch:  # (undo() would also drop the per-test PKT_HOME)
-        patch.setattr(runner, "loglikelihoods", must_not_score)
+        patch.setattr(choice, "loglikelihoods", must_not_score)
         again = evaluate(loaded, EvalOptions("mmlu", limit=1, batch_size=16))
-    assert again.summary["counts"] == {"scored": 0, "from_cache": 57} and again.items["cached"].all()
+    assert again.summary["counts"]["scored"] == 0 and again.summary["counts"]["from_cache"] == 57 + rotated
+    assert again.items["cached"].all()
     assert list(again.items["score"]) == list(first.items["score"])
     other = evaluate(tiny(seed=1), EvalOptions("mmlu", limit=1, batch_size=16), out=tmp_path / "other")
-    assert other.summary["counts"]["scored"] == 57  # different weights: a different fingerprint
+    assert other.summary["counts"]["scored"] == 57 + rotated  # different weights: a different fingerprint
 
     comparison = compare_evaluations(tmp_path / "first", tmp_path / "other")
     merged = pd.merge(items[["item_id", "score"]], read_items(tmp_path / "other")[["item_id", "score"]],
@@ -145,4 +148,5 @@ def test_pkt_eval_command_writes_records_and_refuses_to_overwrite(tmp_path, caps
     assert main(arguments) == 2
     assert "already holds an evaluation" in capsys.readouterr().err
     assert main([*arguments, "--overwrite", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["counts"]["from_cache"] == 57
+    counts = json.loads(capsys.readouterr().out)["counts"]
+    assert counts["scored"] == 0 and counts["from_cache"] == counts["rotations"] >= 57
