@@ -17,6 +17,7 @@ if str(REPOSITORY_ROOT) not in sys.path:  # running from a checkout without `pip
     sys.path.insert(0, str(REPOSITORY_ROOT))
 
 from pkt_core.runs.catalogue import RunListing, default_run_roots, list_runs  # noqa: E402
+from pkt_core.runs.schema import MANIFEST_FILE  # noqa: E402
 
 CURRENT_RUN = "current_run"  # session key: folder of the run being explored
 COMPARE_RUNS = "compare_runs"  # session key: run ids picked for comparison
@@ -37,7 +38,7 @@ def complete_runs() -> list[RunListing]:
 
 def _stamp(folder: str) -> float:
     try:
-        return (Path(folder) / "manifest.json").stat().st_mtime
+        return (Path(folder) / MANIFEST_FILE).stat().st_mtime
     except OSError:
         return 0.0
 
@@ -54,9 +55,18 @@ def open_current(folder: str):
 
 
 def run_label(listing: RunListing) -> str:
-    manifest = listing.manifest or {}
-    return f"{manifest.get('run_id') or listing.path.name} ({manifest.get('variant', '?')}, " \
-           f"{manifest.get('task') or 'data file'})"
+    manifest = listing.manifest
+    if manifest is None:
+        return listing.run_id
+    return f"{manifest.run_id} ({manifest.method} {manifest.variant or ''}, {manifest.task or 'data file'})"
+
+
+def default_run(runs: list[RunListing]) -> RunListing:
+    """The run the app opens on: the newest complete SemAlign run (the method the studio is
+    about), else the newest complete run."""
+    newest = lambda listing: listing.manifest.created_at  # noqa: E731
+    semalign = [listing for listing in runs if listing.manifest.method == "semalign"]
+    return max(semalign or runs, key=newest)
 
 
 def current_run_picker() -> str | None:
@@ -67,7 +77,7 @@ def current_run_picker() -> str | None:
         st.sidebar.info("No complete run yet: start one on **New run**, or put runs in `cached_runs/`.")
         return None
     if st.session_state.get(CURRENT_RUN) not in folders:
-        st.session_state[CURRENT_RUN] = folders[0]
+        st.session_state[CURRENT_RUN] = str(default_run(complete_runs()).path)
     return st.sidebar.selectbox("Run", folders, key=CURRENT_RUN, format_func=labels.get,
                                 help="The run every page shows; pick one on Runs, or here.")
 
@@ -112,6 +122,9 @@ def _figure_builders() -> dict:
         "attribution_bars": mapping_page.attribution_bars,
         "fidelity_lines": mapping_page.fidelity_lines,
         "stage_loss_lines": mapping_page.stage_loss_lines,
+        "peer_pairing_bipartite": mapping_page.peer_pairing_bipartite,
+        "seeking_sensitivity_bars": mapping_page.seeking_sensitivity_bars,
+        "laten_location_bars": mapping_page.laten_location_bars,
         "benchmark_summary": benchmarks_page.benchmark_summary,
         "benchmark_bars": benchmarks_page.benchmark_bars,
         "per_subject": benchmarks_page.per_subject,

@@ -7,12 +7,14 @@ import studio
 
 from pkt_core.figures.alignment_page import (
     DIFFERENCE_VIEW,
+    PEER_PAIRING,
     VIEW_TITLES,
+    layer_map_names,
     measure_description,
     measures_in_run,
     missing_measures,
     outlier_note,
-    similarity_files,
+    views_for,
 )
 
 run = studio.require_run()
@@ -20,35 +22,40 @@ folder = str(run.folder)
 studio.page_header("Layer alignment", f"Run `{run.run_id}`: how each target layer relates to each source layer, "
                    "before and after transfer. Values are read from the run; nothing is recomputed here.")
 
-files, problems = similarity_files(run)
-for problem in problems:
+for problem in run.similarity_problems():
     st.warning(f"Not shown: {problem}")
 measures = measures_in_run(run)
 if not measures:
-    st.error(f"Run {run.run_id} holds no layer-similarity matrices (cka_*.json or similarity_*.json).")
+    st.info(f"Run {run.run_id} holds no layer-similarity matrices (similarity_<measure>_<view>.json). Compute "
+            "them with `pkt similarity TARGET_CAPTURE SOURCE_CAPTURE --metric ... --out "
+            f"{run.folder}/similarity_<measure>_target_source_before.json` on captures of the pair.")
     st.stop()
 
 lacking = missing_measures(run)
 if lacking:
-    st.info("This run holds **" + ", ".join(sorted(measures)) + "** only. Not in this run: " + ", ".join(lacking)
-            + ". They are not recomputed in the app; compute them with `pkt similarity` on captures of the pair.")
+    st.info("This run holds **" + ", ".join(sorted(measures)) + "**. Not in this run: " + ", ".join(lacking)
+            + ". The app never recomputes them; `pkt similarity TARGET_CAPTURE SOURCE_CAPTURE --metric M --out "
+            f"{run.folder}/similarity_M_target_source_before.json` adds one from captures of the pair.")
+for key, why in run.manifest.similarity_skipped.items():
+    st.caption(f"Left out by the run: {key}: {why}")
 
 left, middle, right = st.columns([2, 3, 2])
 with left:
     metric = st.selectbox("Measure", sorted(measures), key="alignment_measure", help=None)
     st.caption(measure_description(metric))
-from pkt_core.figures.alignment_page import views_for  # noqa: E402
-
 views = views_for(measures, metric)
 with middle:
     view = st.radio("View", views, format_func=VIEW_TITLES.get, key="alignment_view", horizontal=True)
 with right:
-    maps = list(run.mappings.get("mappings", {}))
-    chosen = run.mappings.get("chosen")
-    overlay_options = ["chosen", *[m for m in maps if m != chosen], "none"]
+    maps = layer_map_names(run)
+    chosen = run.layer_maps.chosen if run.layer_maps is not None else (PEER_PAIRING if maps else None)
+    overlay_options = (["chosen", *[m for m in maps if m != chosen], "none"]) if maps else ["none"]
     overlay = st.selectbox("Layer map drawn over it", overlay_options, key="alignment_overlay",
                            format_func=lambda m: f"{chosen} (used for training)" if m == "chosen" else m,
-                           disabled=view == "target_before_after")
+                           disabled=view == "target_before_after" or not maps)
+    if not maps:
+        st.caption(f"{run.manifest.method} pairs no layers: it trains every target layer against the source's "
+                   "outputs, so there is no layer map to draw.")
 
 spec = studio.cached_spec("alignment_heatmap", folder, metric, view, None if overlay == "none" else overlay)
 studio.show_figure(spec, "alignment-heatmap", height=520)
@@ -62,6 +69,7 @@ studio.show_figure(profile, "alignment-profile", height=380)
 st.subheader("Rows and outlier handling")
 st.write(outlier_note(run))
 with st.expander("Files"):
-    st.dataframe([{"file": f.file, "measure": f.metric, "view": f.view, "shape": f"{f.shape[0]} x {f.shape[1]}",
-                   "rows": f.n_rows, "notes": "; ".join(f.notes)} for f in files], hide_index=True,
+    st.dataframe([{"file": f.file, "measure": f.metric, "view": f.view,
+                   "shape": f"{f.record.shape[0]} x {f.record.shape[1]}", "rows": f.record.n_rows,
+                   "notes": "; ".join(f.record.notes)} for f in run.similarity_entries()], hide_index=True,
                  key="alignment_files")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import streamlit as st
 import studio
 
-from pkt_core.figures.benchmarks_page import evaluation_folders
-
 run = studio.require_run()
 folder = str(run.folder)
 studio.page_header("Benchmarks", f"Run `{run.run_id}`: the source, the target before and the target after "
@@ -22,9 +20,9 @@ tasks = sorted(summary["task"].unique())
 task = st.selectbox("Task", tasks, key="benchmarks_task")
 part = summary[summary["task"] == task]
 metrics = list(dict.fromkeys(part["metric"]))
-from pkt_core.figures.runs_page import primary_metric  # noqa: E402
+from pkt_core.figures.runs_page import PRIMARY_METRICS  # noqa: E402
 
-default = primary_metric(task, {m: {"mean": 0} for m in metrics}) or metrics[0]
+default = PRIMARY_METRICS.get(task) if PRIMARY_METRICS.get(task) in metrics else metrics[0]
 metric = st.selectbox("Metric", metrics, index=metrics.index(default), key="benchmarks_metric")
 
 columns = st.columns(3)
@@ -44,8 +42,7 @@ for column, role in zip(columns, ("source", "target_before", "target_after")):
 
 studio.show_figure(studio.cached_spec("benchmark_bars", folder, task, metric), "benchmarks-bars", height=360)
 
-folders = evaluation_folders(run).get(task, {})
-if not folders:
+if task not in run.evaluated_tasks():
     st.caption("Only the manifest's summary is stored for this task: per-subject and per-item views need the "
                "evaluation folders.")
     st.stop()

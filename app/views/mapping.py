@@ -1,4 +1,5 @@
-"""Layer mapping: bipartite source/target maps, source attribution, decomposition fidelity, stage losses."""
+"""Layer mapping: which source layer supervises which target layer, and why: SemAlign's maps,
+attribution and fidelity, or a peer's own location results; and the training losses."""
 
 from __future__ import annotations
 
@@ -7,40 +8,65 @@ import studio
 
 run = studio.require_run()
 folder = str(run.folder)
-studio.page_header("Layer mapping", f"Run `{run.run_id}`: which source layer supervises each target layer, why "
-                   "(attribution), and how well hidden states decompose in each model's vocabulary bases.")
+method = run.manifest.method
+studio.page_header("Layer mapping", f"Run `{run.run_id}`: which source layer supervises each target layer and why, "
+                   "and how the training losses fell.")
 
-mappings = run.mappings
-available = list(mappings.get("mappings", {}))
-chosen = mappings.get("chosen")
-default = [m for m in ("depth", chosen) if m in available]
-shown = st.multiselect("Layer maps", available, default=list(dict.fromkeys(default)), key="mapping_maps",
-                       help="The depth map (v1), the map the run trained with, and the other maps it computed.")
-trained = st.toggle("Draw the trained pairs", value=True, key="mapping_trained")
-if shown or trained:
-    spec = studio.cached_spec("mapping_bipartite", folder, shown, trained)
-    studio.show_figure(spec, "mapping-bipartite", height=520)
-    with st.expander("Map tables"):
-        st.dataframe(spec.data, hide_index=True, key="mapping_table")
+if run.layer_maps is not None:
+    maps = run.layer_maps
+    available, chosen = list(maps.mappings), maps.chosen
+    default = [m for m in ("depth", chosen) if m in available]
+    shown = st.multiselect("Layer maps", available, default=list(dict.fromkeys(default)), key="mapping_maps",
+                           help="The depth map (v1), the map the run trained with, and the other maps it computed.")
+    trained = st.toggle("Draw the trained pairs", value=True, key="mapping_trained")
+    if shown or trained:
+        spec = studio.cached_spec("mapping_bipartite", folder, shown, trained)
+        studio.show_figure(spec, "mapping-bipartite", height=520)
+        with st.expander("Map tables"):
+            st.dataframe(spec.data, hide_index=True, key="mapping_table")
+    else:
+        st.info("Pick at least one layer map.")
+
+    st.subheader("Source attribution")
+    if run.has("attribution.parquet"):
+        aggregation = st.radio("Aggregation", ["abs", "signed"], horizontal=True, key="mapping_aggregation",
+                               help="Gradient x activation on the answer tokens, summed per source layer.")
+        studio.show_figure(studio.cached_spec("attribution_bars", folder, aggregation), "mapping-attribution",
+                           height=340)
+    else:
+        st.info("This run holds no attribution table.")
+
+    st.subheader("Decomposition fidelity")
+    if run.has("fidelity.parquet"):
+        fidelity = studio.cached_spec("fidelity_lines", folder)
+        for note in fidelity.notes:
+            if "tied" in note:
+                st.warning(note)
+        studio.show_figure(fidelity, "mapping-fidelity", height=380, notes=False)
+    else:
+        st.info("This run was made without the decomposition-fidelity stage (`--no-fidelity`).")
+elif method == "seeking":
+    st.info("Seeking Neural Nuggets computes no SemAlign layer map: it ranks source layers by parametric "
+            "sensitivity, extracts sub-blocks of the selected ones and injects them into the paired target layers.")
+    studio.show_figure(studio.cached_spec("peer_pairing_bipartite", folder), "mapping-peer-pairing", height=460)
+    studio.show_figure(studio.cached_spec("seeking_sensitivity_bars", folder), "mapping-seeking", height=340)
+    if run.has("seeking_extraction.parquet"):
+        with st.expander("Extracted sub-blocks"):
+            st.dataframe(run.table_frame("seeking_extraction.parquet"), hide_index=True, key="seeking_blocks")
+elif method == "laten":
+    st.info("LaTen computes no SemAlign layer map: it locates the sublayers whose logit-lens gain is largest in "
+            "each model, pairs them by rank and trains a hypernetwork per pair on the located neurons.")
+    studio.show_figure(studio.cached_spec("peer_pairing_bipartite", folder), "mapping-peer-pairing", height=460)
+    studio.show_figure(studio.cached_spec("laten_location_bars", folder), "mapping-laten", height=380)
+    if run.has("laten_neurons.parquet"):
+        with st.expander("Located neurons"):
+            st.dataframe(run.table_frame("laten_neurons.parquet"), hide_index=True, key="laten_neurons")
 else:
-    st.info("Pick at least one layer map.")
+    st.info(f"{method} trains every target layer against the source's answer distribution (or the answers "
+            "themselves): it pairs no layers, so it has no layer map, attribution or location results.")
 
-st.subheader("Source attribution")
-aggregation = st.radio("Aggregation", ["abs", "signed"], horizontal=True, key="mapping_aggregation",
-                       help="Gradient x activation on the answer tokens, summed per source layer.")
-studio.show_figure(studio.cached_spec("attribution_bars", folder, aggregation), "mapping-attribution", height=340)
-
-st.subheader("Decomposition fidelity")
-fidelity = studio.cached_spec("fidelity_lines", folder)
-tied = [note for note in fidelity.notes if "tied" in note]
-for note in tied:
-    st.warning(note)
-studio.show_figure(fidelity, "mapping-fidelity", height=380, notes=False)
-
-st.subheader("Training losses per frontier stage")
-import pandas as pd  # noqa: E402
-
-losses = pd.DataFrame(run.table("stage_losses.parquet"))
-terms = ["loss"] + [c for c in losses.columns if c.startswith("loss_")]
-term = st.selectbox("Loss term", terms, key="mapping_loss_term")
-studio.show_figure(studio.cached_spec("stage_loss_lines", folder, term), "mapping-losses", height=340)
+st.subheader("Training losses")
+if run.has("stage_losses.parquet"):
+    studio.show_figure(studio.cached_spec("stage_loss_lines", folder), "mapping-losses", height=360)
+else:
+    st.info("This run recorded no training losses.")

@@ -14,6 +14,7 @@ import studio
 
 from pkt_core.errors import PktError
 from pkt_core.jobs import queue as job_queue
+from pkt_core.jobs.progress import duration_text, stage_timing
 from pkt_core.models.registry import MODELS, PAIRS
 
 studio.page_header("New run", "Pick a pair, a method and variant, the data and a budget. The run goes to a "
@@ -103,6 +104,37 @@ d1, d2, d3 = st.columns(3)
 dtype = d1.selectbox("dtype", ["fp32", "bf16", "fp16"], key="new_dtype")
 device = d2.text_input("Device", "cpu", key="new_device", help="cpu, cuda:N or auto")
 seed = d3.number_input("Seed", 0, 2**31 - 1, 0, key="new_seed")
+st.markdown("**Evaluation** (source, target before and target after, on the same items)")
+from pkt_core.evaluation.tasks import TASKS as EVAL_TASKS  # noqa: E402
+
+# The subsets the shipped runs use: MMLU 5 per subject (285 items), the first 40 of the others.
+DEFAULT_LIMITS = {"mmlu": 5}
+e1, e2 = st.columns([3, 1])
+eval_tasks = e1.multiselect("Tasks to evaluate", list(EVAL_TASKS), default=[task] if task in EVAL_TASKS else [],
+                            key="new_eval_tasks",
+                            help="A run without an evaluation has no before/after behaviour to show.")
+first_task = eval_tasks[0] if eval_tasks else "mmlu"
+eval_limit = e2.number_input("Items (MMLU: per subject)", 1, 100_000, DEFAULT_LIMITS.get(first_task, 40),
+                             key="new_eval_limit")
+if eval_tasks:
+    from pkt_core.evaluation.splits import evaluation_items, limit_subset
+    from pkt_core.jobs.progress import duration_text
+    from pkt_core.runs.cost_estimates import estimate_evaluation
+
+    lines = []
+    for name in eval_tasks:
+        try:
+            count = len(limit_subset(evaluation_items(name), int(eval_limit)).items)
+        except PktError as error:
+            lines.append(f"{name}: cannot read its items ({error})")
+            continue
+        estimate = estimate_evaluation(studio.listings(), name, count, source, target)
+        cost = (f"about {duration_text(estimate.seconds)} for the three models" if estimate.seconds is not None
+                else "no estimate")
+        lines.append(f"**{name}**: {count} items, {cost} ({estimate.basis})")
+    st.caption("  \n".join(lines))
+else:
+    st.caption("No evaluation: the run will hold layer similarity and losses, but no benchmark behaviour.")
 weights: dict[str, float] = {}
 if method == "semalign":
     with st.expander("Loss weights (default: the variant's)"):
@@ -126,6 +158,7 @@ if st.button("Start run" if not missing else "Fetch models, then run", type="pri
             "mapping": "" if mapping == "(variant default)" else mapping,
             "stages": list(stages) if stages else None, "seed": int(seed), "dtype": dtype,
             "source_device": device, "target_device": device,
+            "eval_tasks": list(eval_tasks), "eval_limit": int(eval_limit) if eval_tasks else None,
         }
         for name in missing:
             job_queue.submit("fetch", {"name": name, "source": "auto"})
@@ -172,14 +205,22 @@ def job_panel() -> None:
             for stage in job.stages:
                 total = max(1, int(stage.get("total") or 1))
                 done = min(total, int(stage.get("done") or 0))
+                timing = stage_timing(stage)
                 text = f"{stage['label']}: {stage['state']}"
                 if total > 1 or stage["state"] == "running":
                     text += f" ({done}/{total})"
+                if timing.elapsed_seconds is not None:
+                    text += f", {duration_text(timing.elapsed_seconds)}"
+                if stage["state"] == "running":
+                    text += (f", about {duration_text(timing.remaining_seconds)} left ({timing.rate_note})"
+                             if timing.remaining_seconds is not None else f" ({timing.rate_note})")
                 if stage.get("loss") is not None:
                     text += f", loss {stage['loss']:.4f}"
                 if stage.get("detail"):
                     text += f", {stage['detail']}"
                 st.progress(done / total if stage["state"] != "done" else 1.0, text=text)
+                if stage["state"] == "running" and len(stage.get("losses") or []) >= 2:
+                    st.line_chart({"loss": stage["losses"]}, height=140, x_label="step", y_label="loss")
             if job.state == "failed":
                 st.error(job.status.get("error", "failed"))
                 tail = job.log_tail()

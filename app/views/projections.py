@@ -5,25 +5,27 @@ from __future__ import annotations
 import streamlit as st
 import studio
 
+from pkt_core.figures.alignment_page import mapping_table
 from pkt_core.figures.projections import (
     ProjectionError,
     projection_figure,
     umap_available,
 )
+from pkt_core.runs.schema import CROSS_MAP_FILE, PROBE_ACTIVATIONS_FILE
 
 run = studio.require_run()
 folder = str(run.folder)
 studio.page_header("Projections", f"Run `{run.run_id}`: each probe prompt's mean hidden state at one layer pair, "
                    "embedded in 2-D. Results are cached per parameter set, so going back is instant.")
 
-if not run.has("probe_activations.safetensors"):
-    shipped = run.manifest.get("shipped") or {}
-    if "probe_activations.safetensors" in shipped.get("left_out", []):
+if not run.has(PROBE_ACTIVATIONS_FILE):
+    shipped = run.manifest.shipped
+    if shipped is not None and PROBE_ACTIVATIONS_FILE in shipped.left_out:
         st.info(f"Run {run.run_id} was shipped without its probe activations, to keep `cached_runs/` small; "
                 "every other page shows it in full. To project it, recreate the run with its documented "
-                f"command:\n\n`{shipped.get('reproduce', '')}`")
+                f"command:\n\n`{shipped.reproduce}`")
     else:
-        st.error(f"Run {run.run_id} has no probe_activations.safetensors: nothing to project.")
+        st.info(f"Run {run.run_id} holds no {PROBE_ACTIVATIONS_FILE}: nothing to project.")
     st.stop()
 
 
@@ -36,20 +38,27 @@ def _project(folder: str, stamp: float, target_layer: int, source_layer: int | N
 
 
 manifest = run.manifest
-n_target = int((manifest.get("target") or {}).get("num_layers") or 0)
-n_source = int((manifest.get("source") or {}).get("num_layers") or 0)
-mapping_rows = {row["target_layer"]: row for row in run.mappings["mappings"][run.mappings["chosen"]]["table"]}
+n_target, n_source = manifest.target.num_layers, manifest.source.num_layers
+found = mapping_table(run)
+map_name, mapping_rows = (found[0], {row.target_layer: row for row in found[1]}) if found else ("depth", {})
+has_cross_map = run.has(CROSS_MAP_FILE)
 
 controls, parameters = st.columns([3, 2])
 with controls:
     target_layer = st.slider("Target layer", 0, max(0, n_target - 1), value=min(n_target - 1, n_target // 2),
                              key="projection_target_layer") if n_target > 1 else 0
-    space = st.radio("Space", ["joint", "target"], horizontal=True, key="projection_space",
+    spaces = ["joint", "target"] if has_cross_map else ["target"]
+    space = st.radio("Space", spaces, horizontal=True, key="projection_space",
                      format_func={"joint": "source (through M) + target before/after",
                                   "target": "target before/after only"}.get)
+    if not has_cross_map:
+        st.caption(f"{manifest.method} builds no source-to-target map M, so source states cannot be placed in the "
+                   "target's space: the target before and after are projected.")
     row = mapping_rows.get(target_layer)
-    mapped = row["source_layers"][max(range(len(row["weights"])), key=row["weights"].__getitem__)] if row else 0
-    follow = st.toggle(f"Source layer from the run's map ({run.mappings['chosen']})", value=True,
+    # Without a map for this layer, the depth-proportional source layer.
+    mapped = (row.source_layers[max(range(len(row.weights)), key=row.weights.__getitem__)] if row
+              else round(target_layer * (n_source - 1) / max(1, n_target - 1)))
+    follow = st.toggle(f"Source layer from the run's map ({map_name})", value=True,
                        key="projection_follow_map", disabled=space == "target")
     if follow or space == "target":
         source_layer = mapped

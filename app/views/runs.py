@@ -73,32 +73,25 @@ if len(pair) == 2:
 
     st.subheader("Comparison")
     runs = [studio.open_current(folder) for folder in pair]
-    fields = [("pair", lambda m: m.get("pair") or f"{m['source']['name']} -> {m['target']['name']}"),
-              ("method", lambda m: m.get("method")), ("variant", lambda m: m.get("variant")),
-              ("paper version", lambda m: m.get("paper_version")), ("task", lambda m: m.get("task")),
-              ("layer map", lambda m: (m.get("mapping") or {}).get("chosen")),
-              ("losses", lambda m: ", ".join(f"{k}={v['weight']}" for k, v in (m.get("losses") or {}).items())),
-              ("steps per stage", lambda m: m["config"].get("steps_per_stage")),
-              ("alignment samples", lambda m: len(m["data"].get("alignment_ids", []))),
-              ("wall seconds", lambda m: m.get("wall_seconds")),
-              ("trainable parameters", lambda m: m.get("trainable_parameters"))]
-    rows = []
-    for name, read in fields:
-        values = []
-        for run in runs:
-            try:
-                values.append(read(run.manifest))
-            except (KeyError, TypeError):
-                values.append(None)
-        rows.append({"": name, **{run.run_id: str(v) for run, v in zip(runs, values)}})
-    for index, run in enumerate(runs):
+    fields = [("pair", lambda m: m.pair or f"{m.source.name} -> {m.target.name}"),
+              ("method", lambda m: m.method), ("variant", lambda m: m.variant),
+              ("paper version", lambda m: m.paper_version), ("task", lambda m: m.task),
+              ("layer map", lambda m: m.mapping.chosen if m.mapping else "none (the method pairs no SemAlign map)"),
+              ("losses", lambda m: ", ".join(f"{k}={v.weight}" for k, v in m.losses.items())),
+              ("steps per stage", lambda m: m.config.get("steps_per_stage")),
+              ("alignment samples", lambda m: len(m.data.alignment_ids)),
+              ("wall seconds", lambda m: m.wall_seconds),
+              ("trainable parameters", lambda m: m.trainable_parameters),
+              ("code revision", lambda m: (m.provenance.code.git_commit or m.provenance.code.package_version)[:12])]
+    rows = [{"": name, **{run.run_id: str(read(run.manifest)) for run in runs}} for name, read in fields]
+    for run in runs:
         for gain in run_gains(run.manifest):
-            label = f"{gain['task']} {gain['metric']} after - before"
+            label = f"{gain.task} {gain.metric} after - before"
             existing = next((row for row in rows if row[""] == label), None)
             if existing is None:
                 existing = {"": label, **{r.run_id: "-" for r in runs}}
                 rows.append(existing)
-            existing[run.run_id] = "-" if gain["gain"] is None else f"{gain['gain']:+.3f}"
+            existing[run.run_id] = "-" if gain.gain is None else f"{gain.gain:+.3f}"
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="compare_table")
     # Linear CKA at the mapped source layer after transfer, per target layer, for both runs.
     frames = []

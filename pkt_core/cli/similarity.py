@@ -28,7 +28,10 @@ def add_similarity_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--metric", default="linear_cka", choices=list(MEASURES), help="default: linear_cka")
     # Checked against the sites each capture holds, with the list in the error.
     parser.add_argument("--site", default="resid_post", help="activation site: resid_pre, resid_post (default) or contribution")
-    parser.add_argument("--out", required=True, help="output file, .json (nested lists) or .npz")
+    parser.add_argument("--out", required=True,
+                        help="output file, .json (nested lists) or .npz; a JSON file named "
+                             "similarity_<metric>_<view>.json inside a run folder (views: target_source_before, "
+                             "target_source_after, target_before_after; A = target) is shown with that run")
     parser.add_argument("--max-rows", type=int, default=None, help="use at most this many paired rows (random)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --max-rows subsample (default 0)")
     parser.add_argument(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from pkt_core.errors import PktError
+from pkt_core.models.precision import POLICY_NAMES
 from pkt_core.transfer.config import LOSSES, MAPPINGS, METHODS, VARIANTS
 
 
@@ -18,6 +18,14 @@ def _parse_losses(items: list[str] | None) -> dict[str, float]:
         except ValueError:
             raise PktError(f"cannot read loss {item!r}; write NAME=WEIGHT, e.g. layer_cosine=1.0") from None
     return losses
+
+
+TRAINING_LABELS = ("seeking", "laten")
+
+
+def is_training_step(stage: str) -> bool:
+    """Whether a progress report comes from an optimizer step (else from a set-up stage starting)."""
+    return stage.startswith("stage ") or stage in TRAINING_LABELS
 
 
 def add_transfer_parser(commands) -> None:
@@ -84,7 +92,11 @@ def add_transfer_parser(commands) -> None:
     evaluation.add_argument("--eval-limit", type=int,
                             help="fixed subset: first N items per task (MMLU: per subject); default all items")
     place = parser.add_argument_group("placement")
-    place.add_argument("--dtype", default="fp32")
+    place.add_argument("--dtype", default="fp32", choices=list(POLICY_NAMES),
+                       help="precision: fp32; bf16 / fp16 (fp32 master weights, autocast matmuls, fp32 losses; "
+                            "fp16 with a gradient scaler); auto (bf16 where the device multiplies bf16 natively, "
+                            "else fp32; the manifest records the choice); bf16-weights / fp16-weights (weights "
+                            "stored in the low dtype)"),
     place.add_argument("--device", default="cpu", help="both models: cpu, cuda:N or auto")
     place.add_argument("--source-device", help="source only (e.g. cuda:1 to spread the pair over two GPUs)")
     place.add_argument("--target-device", help="target only")
@@ -128,7 +140,9 @@ def run_transfer_command(args: argparse.Namespace) -> int:
 
     def progress(stage: str, step: int, loss: float) -> None:
         bar.set_description(stage)
-        if loss == loss:  # a training step (setup stages report NaN)
+        # A training step is told by its label ("stage k", "seeking", "laten"), not by its loss:
+        # set-up stages report NaN, and a training step's NaN must show as NaN.
+        if is_training_step(stage):
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
 
@@ -139,6 +153,7 @@ def run_transfer_command(args: argparse.Namespace) -> int:
         print(f"cancelled; the partial run is kept at {out}.partial: continue it with the same command and --resume")
         raise
     bar.close()
-    manifest = json.loads((folder / "manifest.json").read_text())
-    print(f"run complete: {folder} ({manifest['wall_seconds']:.0f} s)")
+    from pkt_core.runs.reader import open_run
+
+    print(f"run complete: {folder} ({open_run(folder).manifest.wall_seconds:.0f} s)")
     return 0

@@ -70,8 +70,16 @@ def _column_value(row: Mapping, column: str):
 
 
 def write_summary(folder: Path, summary: Mapping) -> Path:
+    """``summary.json``, validated as the run format's :class:`~pkt_core.runs.schema.EvaluationSummary`
+    (as a reader will read it) before it is written."""
+    from pkt_core.runs.schema import EvaluationSummary, RunFormatError, parse_record
+
     path = Path(folder) / SUMMARY_FILE
     text = json.dumps(summary, indent=2, sort_keys=False, default=str)
+    try:
+        parse_record(EvaluationSummary, json.loads(text), str(path))
+    except RunFormatError as error:
+        raise RecordsError(f"refusing to write an evaluation summary its readers would reject: {error}") from None
     _atomic_write(path, lambda temporary: Path(temporary).write_text(text + "\n", encoding="utf-8"))
     return path
 

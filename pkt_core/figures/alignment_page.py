@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from pkt_core.figures.spec import FigureError, FigureSpec
+from pkt_core.runs.reader import Run, SimilarityEntry
+from pkt_core.runs.schema import MapEntry
 
 # -- layer similarity -------------------------------------------------------------------------
 
@@ -22,51 +22,15 @@ VIEW_TITLES = {**{view: title for view, (_, _, title) in SIMILARITY_VIEWS.items(
                DIFFERENCE_VIEW: "target x source, after - before"}
 
 
-@dataclass(frozen=True)
-class SimilarityFile:
-    file: str
-    metric: str
-    view: str
-    shape: tuple[int, int]
-    n_rows: int | None
-    notes: tuple[str, ...]
-    rows: str | None
-
-
-def similarity_files(run) -> tuple[list[SimilarityFile], list[str]]:
-    """The layer-similarity matrices a run holds (``cka_*.json``, ``similarity_*.json``) and the
-    problems of files that could not be read."""
-    found, problems = [], []
-    for path in sorted(list(run.folder.glob("cka_*.json")) + list(run.folder.glob("similarity_*.json"))):
-        stem = path.stem
-        view = next((v for v in SIMILARITY_VIEWS if stem.endswith(v)), None)
-        if view is None:
-            problems.append(f"{path.name}: no known view in its name ({', '.join(SIMILARITY_VIEWS)})")
-            continue
-        try:
-            payload = json.loads(path.read_text())
-            values = np.asarray(payload["values"], dtype=np.float64)
-            if values.ndim != 2:
-                raise ValueError(f"values have {values.ndim} dimensions, not 2")
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            problems.append(f"{path.name}: unreadable ({type(error).__name__}: {error})")
-            continue
-        prefix = stem[: -len(view)].rstrip("_")
-        metric = payload.get("metric") or (prefix.split("_", 1)[1] if "_" in prefix else "linear_cka")
-        found.append(SimilarityFile(path.name, metric, view, tuple(values.shape), payload.get("n_rows"),
-                                    tuple(payload.get("notes") or ()), payload.get("rows")))
-    return found, problems
-
-
-def measures_in_run(run) -> dict[str, dict[str, SimilarityFile]]:
-    """metric -> view -> file, for the matrices the run holds."""
-    measures: dict[str, dict[str, SimilarityFile]] = {}
-    for item in similarity_files(run)[0]:
-        measures.setdefault(item.metric, {})[item.view] = item
+def measures_in_run(run: Run) -> dict[str, dict[str, SimilarityEntry]]:
+    """metric -> view -> matrix, for the similarity matrices the run holds."""
+    measures: dict[str, dict[str, SimilarityEntry]] = {}
+    for entry in run.similarity_entries():
+        measures.setdefault(entry.metric, {})[entry.view] = entry
     return measures
 
 
-def missing_measures(run) -> list[str]:
+def missing_measures(run: Run) -> list[str]:
     """Registered similarity measures this run holds no matrix for."""
     from pkt_core.similarity.measures import measure_names
 
@@ -88,14 +52,14 @@ def _measure_kind(metric: str) -> str:
     return measure.kind.value if measure else "score"
 
 
-def views_for(measures: dict[str, dict[str, SimilarityFile]], metric: str) -> list[str]:
+def views_for(measures: dict[str, dict[str, SimilarityEntry]], metric: str) -> list[str]:
     views = [v for v in SIMILARITY_VIEWS if v in measures.get(metric, {})]
     if "target_source_before" in views and "target_source_after" in views:
         views.append(DIFFERENCE_VIEW)
     return views
 
 
-def similarity_matrix(run, metric: str, view: str) -> np.ndarray:
+def similarity_matrix(run: Run, metric: str, view: str) -> np.ndarray:
     measures = measures_in_run(run)
     if metric not in measures:
         raise FigureError(f"run {run.run_id} holds no {metric} matrices; it has: {', '.join(measures) or 'none'}")
@@ -103,24 +67,63 @@ def similarity_matrix(run, metric: str, view: str) -> np.ndarray:
         return similarity_matrix(run, metric, "target_source_after") - similarity_matrix(run, metric, "target_source_before")
     if view not in measures[metric]:
         raise FigureError(f"run {run.run_id} holds no {metric} matrix for {view}")
-    return run.matrix(measures[metric][view].file)
+    return measures[metric][view].values
 
 
-def mapping_table(run, name: str | None = None) -> tuple[str, list[dict]]:
-    """The layer map ``name`` (default: the one the run trained with) as rows target -> sources, weights."""
-    mappings = run.mappings
-    chosen = name or mappings.get("chosen")
-    if chosen not in mappings.get("mappings", {}):
-        raise FigureError(f"run {run.run_id} has no layer map {chosen!r}; it has {', '.join(mappings.get('mappings', {}))}")
-    return chosen, mappings["mappings"][chosen]["table"]
+def layer_map_names(run: Run) -> list[str]:
+    """The layer maps a run can draw over its matrices: SemAlign's maps, or the peer's own pairing."""
+    if run.layer_maps is not None:
+        return list(run.layer_maps.mappings)
+    return [PEER_PAIRING] if peer_pairing(run) else []
 
 
-def _mapping_weights(table: list[dict], rows: int, cols: int) -> np.ndarray:
+def mapping_table(run: Run, name: str | None = None) -> tuple[str, list[MapEntry]] | None:
+    """The layer map ``name`` (default: the one the run trained with) as rows target -> sources,
+    weights; for a peer run its own pairing (Seeking's chosen layers, LaTen's paired sublayers);
+    None for a run that pairs no layers (logit distillation, fine-tuning)."""
+    maps = run.layer_maps
+    if maps is None:
+        pairing = peer_pairing(run)
+        if pairing is None:
+            return None
+        if name not in (None, PEER_PAIRING):
+            raise FigureError(f"run {run.run_id} has no layer map {name!r}; it has {PEER_PAIRING}")
+        return PEER_PAIRING, pairing
+    chosen = name or maps.chosen
+    if chosen not in maps.mappings:
+        raise FigureError(f"run {run.run_id} has no layer map {chosen!r}; it has {', '.join(maps.mappings)}")
+    return chosen, maps.mappings[chosen].table
+
+
+PEER_PAIRING = "the method's own pairing"
+
+
+def peer_pairing(run: Run) -> list[MapEntry] | None:
+    """target layer -> source layers as a peer method paired them, read from its own tables:
+    Seeking's selected (source, target) layers, LaTen's paired sublayers. None for methods that
+    pair no layers."""
+    pairs: list[tuple[int, int]] = []
+    if run.has("seeking_layers.parquet"):
+        table = run.table_frame("seeking_layers.parquet")
+        pairs = [(int(r.target_layer), int(r.source_layer)) for r in table.itertuples()
+                 if bool(r.selected) and r.target_layer == r.target_layer]
+    elif run.has("laten_neurons.parquet"):
+        table = run.table_frame("laten_neurons.parquet")
+        pairs = sorted({(int(r.target_layer), int(r.source_layer)) for r in table.itertuples()})
+    if not pairs:
+        return None
+    by_target: dict[int, list[int]] = {}
+    for target_layer, source_layer in pairs:
+        by_target.setdefault(target_layer, []).append(source_layer)
+    return [MapEntry(target_layer=t, source_layers=s, weights=[1.0 / len(s)] * len(s)) for t, s in sorted(by_target.items())]
+
+
+def _mapping_weights(table: list[MapEntry], rows: int, cols: int) -> np.ndarray:
     weights = np.zeros((rows, cols))
     for entry in table:
-        for layer, weight in zip(entry["source_layers"], entry["weights"]):
-            if entry["target_layer"] < rows and layer < cols:
-                weights[entry["target_layer"], layer] += weight
+        for layer, weight in zip(entry.source_layers, entry.weights):
+            if entry.target_layer < rows and layer < cols:
+                weights[entry.target_layer, layer] += weight
     return weights
 
 
@@ -138,14 +141,15 @@ def alignment_heatmap(run, metric: str, view: str, mapping: str | None = "chosen
         if _measure_kind(metric) == "score" and np.nanmin(values) >= low - 1e-9 and np.nanmax(values) <= high + 1e-9:
             encoding.update(zmin=low, zmax=high)
     mapping_name = None
-    if mapping and view != "target_before_after":
-        mapping_name, table = mapping_table(run, None if mapping == "chosen" else mapping)
+    found = mapping_table(run, None if mapping == "chosen" else mapping) if mapping and view != "target_before_after" else None
+    if found is not None:
+        mapping_name, table = found
         data["mapping_weight"] = _mapping_weights(table, *values.shape).ravel()
         encoding.update(overlay="mapping_weight", overlay_label=f"layer map: {mapping_name}")
     files = measures_in_run(run)[metric]
     used = [files[v] for v in (("target_source_before", "target_source_after") if view == DIFFERENCE_VIEW else (view,))]
-    notes = [f"{f.file}: {f.n_rows} rows ({f.rows or 'rows not described'})" for f in used]
-    notes += [note for f in used for note in f.notes]
+    notes = [f"{f.file}: {f.record.n_rows} rows ({f.record.rows or 'rows not described'})" for f in used]
+    notes += [note for f in used for note in f.record.notes]
     caption = {"run_id": run.run_id, "measure": metric, "view": view, "mapping": mapping_name,
                "files": [f.file for f in used], "outlier_handling": outlier_note(run)}
     return FigureSpec(f"{metric}-{view}", "heatmap", f"{metric}: {VIEW_TITLES[view]}", data, caption, encoding, notes)
@@ -157,7 +161,8 @@ def alignment_profiles(run, metric: str, mapping: str | None = "chosen") -> Figu
     measures = measures_in_run(run)
     if metric not in measures:
         raise FigureError(f"run {run.run_id} holds no {metric} matrices")
-    mapping_name, table = mapping_table(run, None if mapping in (None, "chosen") else mapping)
+    found = mapping_table(run, None if mapping in (None, "chosen") else mapping)
+    mapping_name, table = found if found is not None else (None, [])
     rows = []
     for view in ("target_source_before", "target_source_after"):
         if view not in measures[metric]:
@@ -187,26 +192,18 @@ def alignment_profiles(run, metric: str, mapping: str | None = "chosen") -> Figu
                        "y_label": metric})
 
 
-def outlier_note(run) -> str:
+def outlier_note(run: Run) -> str:
     """How the similarity rows were chosen, from the run's own records (what the matrices used)."""
     manifest = run.manifest
-    config = manifest.get("config") or {}
-    data = manifest.get("data") or {}
     parts = []
-    files, _ = similarity_files(run)
-    described = {f.rows for f in files if f.rows}
+    described = {entry.record.rows for entry in run.similarity_entries() if entry.record.rows}
     if described:
         parts.append("rows: " + "; ".join(sorted(described)))
-    if "drop_first_position" in config:
-        parts.append("position 0 (massive activations) " + ("dropped" if config["drop_first_position"] else "kept")
-                     + " in the layer losses")
-    if data.get("cka_rows") is not None:
-        parts.append(f"{data['cka_rows']} probe tokens (a seeded subset when there are more than the cap)")
-    capture = manifest.get("capture") or {}
-    if capture.get("outlier_norm_factor"):
-        parts.append(f"tokens above {capture['outlier_norm_factor']} x the median norm dropped")
-    else:
-        parts.append("no norm-based outlier filter beyond that")
+    if "drop_first_position" in manifest.config:
+        parts.append("position 0 (massive activations) " + ("dropped" if manifest.config["drop_first_position"]
+                                                            else "kept") + " in the layer losses")
+    if manifest.data.cka_rows is not None:
+        unit = "probe sequences" if manifest.across_tokenizers else "probe tokens"
+        parts.append(f"{manifest.data.cka_rows} {unit} (a seeded subset when there are more than the cap)")
+    parts.append("no norm-based outlier filter beyond that")
     return "; ".join(parts)
-
-

@@ -2,54 +2,41 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pkt_core.figures.spec import ROLES, FigureError, FigureSpec
+from pkt_core.runs.reader import Run
+from pkt_core.runs.schema import interval_metrics
 
 # -- benchmarks -------------------------------------------------------------------------------
 
 
-def evaluation_folders(run) -> dict[str, dict[str, Path]]:
+def evaluation_folders(run: Run) -> dict[str, dict[str, Path]]:
     """task -> role -> folder, for the evaluations stored under ``<run>/evaluation/``."""
-    root = run.folder / "evaluation"
-    found: dict[str, dict[str, Path]] = {}
-    if not root.is_dir():
-        return found
-    for task_folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for role in ROLES:
-            folder = task_folder / role
-            if (folder / "summary.json").is_file() or (folder / "items.parquet").is_file():
-                found.setdefault(task_folder.name, {})[role] = folder
-    return found
+    return {task: {role: run.evaluation_folder(task, role) for role in roles}
+            for task, roles in run.evaluated_tasks().items()}
 
 
-def benchmark_summary(run) -> pd.DataFrame:
+def benchmark_summary(run: Run) -> pd.DataFrame:
     """task, role, metric, mean, low, high: from each evaluation's summary.json, else the manifest."""
-    from pkt_core.evaluation.records import RecordsError, read_summary
-
     rows = []
-    folders = evaluation_folders(run)
-    recorded = run.manifest.get("evaluation") or {}
-    for task in sorted(set(folders) | set(recorded)):
+    stored = run.evaluated_tasks()
+    recorded = run.manifest.evaluation
+    for task in sorted(set(stored) | set(recorded)):
         for role in ROLES:
-            metrics = None
-            origin = "summary.json"
-            if role in folders.get(task, {}):
-                try:
-                    metrics = read_summary(folders[task][role]).get("metrics")
-                except (RecordsError, json.JSONDecodeError):
-                    metrics = None
-            if metrics is None:
-                metrics = (recorded.get(task) or {}).get(role)
-                origin = "manifest"
-            for name, value in (metrics or {}).items():
-                if isinstance(value, dict) and "mean" in value:
-                    rows.append({"task": task, "role": role, "metric": name, "mean": value["mean"],
-                                 "low": value.get("low"), "high": value.get("high"), "from": origin})
+            if role in stored.get(task, []):
+                metrics, origin = run.evaluation_summary(task, role).metrics, "summary.json"
+            else:
+                evaluation = recorded[task].role(role) if task in recorded else None
+                if evaluation is None:
+                    continue
+                metrics, origin = evaluation.metrics, "manifest"
+            for name, value in interval_metrics(metrics).items():
+                rows.append({"task": task, "role": role, "metric": name, "mean": value.mean,
+                             "low": value.low, "high": value.high, "from": origin})
     return pd.DataFrame(rows, columns=["task", "role", "metric", "mean", "low", "high", "from"])
 
 
@@ -69,13 +56,9 @@ def benchmark_bars(run, task: str, metric: str) -> FigureSpec:
 
 def per_subject(run, task: str = "mmlu") -> pd.DataFrame:
     """subject, role, n, acc (and acc_norm) from each role's summary (MMLU)."""
-    from pkt_core.evaluation.records import read_summary
-
     rows = []
-    for role, folder in evaluation_folders(run).get(task, {}).items():
-        if not (folder / "summary.json").is_file():
-            continue
-        for entry in read_summary(folder).get("per_subject") or []:
+    for role in run.evaluated_tasks().get(task, []):
+        for entry in getattr(run.evaluation_summary(task, role), "per_subject", None) or []:
             rows.append({"role": role, **entry})
     return pd.DataFrame(rows)
 
@@ -94,18 +77,18 @@ def per_subject_bars(run, task: str = "mmlu", metric: str = "acc", subjects: lis
 
 def paired_items(run, task: str) -> tuple[Any, pd.DataFrame]:
     """The paired comparison target before -> after and one row per item with every model's answer."""
-    from pkt_core.evaluation.records import read_items
     from pkt_core.evaluation.runner import compare_evaluations
 
-    folders = evaluation_folders(run).get(task, {})
-    if "target_before" not in folders or "target_after" not in folders:
+    roles = run.evaluated_tasks().get(task, [])
+    if "target_before" not in roles or "target_after" not in roles:
         raise FigureError(f"run {run.run_id} has no per-item {task} evaluation of the target before and after")
-    comparison = compare_evaluations(folders["target_before"], folders["target_after"])
+    comparison = compare_evaluations(run.evaluation_folder(task, "target_before"),
+                                     run.evaluation_folder(task, "target_after"))
     merged = None
     for role in ROLES:
-        if role not in folders:
+        if role not in roles:
             continue
-        items = read_items(folders[role])
+        items = run.evaluation_items(task, role)
         keep = items[["item_id", "prediction", "score", "outcome"]].rename(
             columns={c: f"{c}_{role}" for c in ("prediction", "score", "outcome")})
         if merged is None:

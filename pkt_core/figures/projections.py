@@ -24,11 +24,10 @@ import numpy as np
 import pandas as pd
 
 from pkt_core.errors import PktError
-from pkt_core.figures.benchmarks_page import evaluation_folders
+from pkt_core.runs.schema import CROSS_MAP_FILE, PROBE_ACTIVATIONS_FILE
 from pkt_core.figures.spec import ROLES, FigureSpec
 
-PROBE_FILE = "probe_activations.safetensors"
-CROSS_MAP_FILE = "cross_map.safetensors"
+PROBE_FILE = PROBE_ACTIVATIONS_FILE
 METHODS = ("pca", "umap")
 SPACES = ("joint", "target")
 
@@ -57,10 +56,10 @@ def load_pooled(run) -> PooledActivations:
         if role not in ROLES or not layer.isdigit():
             raise ProjectionError(f"run {run.run_id}: unexpected tensor {key!r} in {PROBE_FILE}")
         layers.setdefault(role, {})[int(layer)] = value.float().numpy()
-    data = run.manifest.get("data") or {}
+    data = run.manifest.data
     count = next(iter(next(iter(layers.values())).values())).shape[0] if layers else 0
-    ids = list(data.get("probe_ids") or [str(i) for i in range(count)])
-    labels = list(data.get("probe_labels") or [""] * count)
+    ids = list(data.probe_ids or [str(i) for i in range(count)])
+    labels = [label or "" for label in (data.probe_labels or [""] * count)]
     if len(ids) != count:
         raise ProjectionError(f"run {run.run_id}: {count} pooled probe rows but {len(ids)} probe ids in the manifest")
     return PooledActivations(layers, ids, labels)
@@ -128,18 +127,15 @@ class Projection:
 
 def probe_correctness(run, task: str | None = None) -> dict[str, dict[str, str]]:
     """role -> probe id -> outcome, where the run's evaluations scored the probe prompts."""
-    from pkt_core.evaluation.records import read_items
-
-    data = run.manifest.get("data") or {}
-    probe_ids = set(map(str, data.get("probe_ids") or []))
+    probe_ids = set(map(str, run.manifest.data.probe_ids))
     outcomes: dict[str, dict[str, str]] = {}
-    folders = evaluation_folders(run)
-    tasks = [task] if task else list(folders)
+    evaluated = run.evaluated_tasks()
+    tasks = [task] if task else list(evaluated)
     for name in tasks:
-        for role, folder in folders.get(name, {}).items():
-            if not (folder / "items.parquet").is_file():
+        for role in evaluated.get(name, []):
+            if not run.has(f"evaluation/{name}/{role}/items.parquet"):
                 continue
-            items = read_items(folder)
+            items = run.evaluation_items(name, role)
             for item_id, score in zip(items["item_id"].astype(str), items["score"]):
                 if item_id in probe_ids:
                     outcomes.setdefault(role, {})[item_id] = "correct" if float(score) >= 1.0 else "incorrect"

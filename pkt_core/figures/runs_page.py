@@ -2,95 +2,122 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
-# -- runs table -------------------------------------------------------------------------------
+from pkt_core.runs.catalogue import RunListing
+from pkt_core.runs.schema import Metric, MetricValue, RunManifest, interval_metrics
 
 PRIMARY_METRICS = {"mmlu": "acc", "gsm8k": "exact_match,flexible-extract", "humaneval": "pass@1", "mbpp": "pass@1"}
+RUNS_TABLE_COLUMNS = ["run_id", "pair", "method", "variant", "task", "gain", "gains", "wall_s", "peak_rss_mib",
+                      "peak_gpu_mib", "trainable_params", "created", "hardware", "status", "problem", "folder"]
 
 
-def primary_metric(task: str, metrics: dict) -> str | None:
+def primary_metric(task: str, metrics: dict[str, Metric]) -> str | None:
+    """The metric a task is read by (accuracy, pass@1, ...), else its first metric with a value."""
+    values = interval_metrics(metrics)
     preferred = PRIMARY_METRICS.get(task)
-    if preferred in metrics:
+    if preferred in values:
         return preferred
-    for name, value in metrics.items():
-        if isinstance(value, dict) and "mean" in value:
-            return name
-    return None
+    return next(iter(values), None)
 
 
-def _interval_text(value: dict | None) -> str:
-    if not value or "mean" not in value:
+def interval_text(value: MetricValue | None) -> str:
+    if value is None:
         return "-"
-    if value.get("low") is not None and value.get("high") is not None:
-        return f"{value['mean']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
-    return f"{value['mean']:.3f}"
+    if value.low is not None and value.high is not None:
+        return f"{value.mean:.3f} [{value.low:.3f}, {value.high:.3f}]"
+    return f"{value.mean:.3f}"
 
 
-def run_gains(manifest: dict) -> list[dict]:
+@dataclass(frozen=True)
+class TaskGain:
+    """A task's primary metric for the target before and after transfer (and the source)."""
+
+    task: str
+    metric: str
+    before: MetricValue | None
+    after: MetricValue | None
+    source: MetricValue | None
+
+    @property
+    def gain(self) -> float | None:
+        if self.before is None or self.after is None:
+            return None
+        return self.after.mean - self.before.mean
+
+
+def run_gains(manifest: RunManifest) -> list[TaskGain]:
     """Per evaluated task: the primary metric of target before and after (with intervals) and the gain."""
-    rows = []
-    for task, roles in (manifest.get("evaluation") or {}).items():
-        if not isinstance(roles, dict):
+    gains = []
+    for task, evaluation in manifest.evaluation.items():
+        before, after, source = evaluation.target_before, evaluation.target_after, evaluation.source
+        reference = after or before
+        if reference is None:
             continue
-        before, after = roles.get("target_before") or {}, roles.get("target_after") or {}
-        metric = primary_metric(task, after or before)
+        metric = primary_metric(task, reference.metrics)
         if metric is None:
             continue
-        b, a = before.get(metric), after.get(metric)
-        gain = (a["mean"] - b["mean"]) if (a and b and "mean" in a and "mean" in b) else None
-        rows.append({"task": task, "metric": metric, "before": b, "after": a, "gain": gain,
-                     "source": (roles.get("source") or {}).get(metric)})
-    return rows
+
+        def value(role_evaluation) -> MetricValue | None:
+            if role_evaluation is None:
+                return None
+            found = role_evaluation.metrics.get(metric)
+            return found if isinstance(found, MetricValue) else None
+
+        gains.append(TaskGain(task, metric, value(before), value(after), value(source)))
+    return gains
 
 
-def _peak(stages: dict, key: str) -> float | None:
-    values = [record.get(key) for record in (stages or {}).values() if isinstance(record, dict)]
-    values = [v for v in values if isinstance(v, (int, float))]
+def _peak(manifest: RunManifest, key: str) -> float | None:
+    values = [getattr(record, key) for record in manifest.stages.values() if getattr(record, key) is not None]
     return max(values) if values else None
 
 
-def _hardware(manifest: dict) -> str:
-    environment = manifest.get("environment") or {}
-    gpus = environment.get("gpus") or []
-    if gpus:
-        return f"{len(gpus)} x {gpus[0]}"
-    cpus = environment.get("cpu_count")
-    return f"CPU ({cpus} cores)" if cpus else (manifest.get("hardware") or "-")
+def hardware_text(manifest: RunManifest) -> str:
+    hardware = manifest.provenance.hardware
+    if hardware.gpus:
+        return f"{len(hardware.gpus)} x {hardware.gpus[0]}"
+    cpu = f"{hardware.cpu}, " if hardware.cpu else ""
+    return f"CPU ({cpu}{hardware.cpu_count} cores)" if hardware.cpu_count else "-"
 
 
-def runs_table(listings) -> pd.DataFrame:
+def runs_table(listings: list[RunListing]) -> pd.DataFrame:
     """One row per run (complete or not) with pair, method, variant, task, gains, cost, date, hardware."""
     rows = []
     for listing in listings:
-        manifest = listing.manifest or {}
-        source, target = manifest.get("source") or {}, manifest.get("target") or {}
-        pair = manifest.get("pair") or (
-            f"{source.get('name', '?')} -> {target.get('name', '?')}" if source or target else None)
+        manifest = listing.manifest
+        if manifest is None:
+            raw = listing.raw or {}
+            rows.append({"run_id": listing.run_id, "pair": raw.get("pair") if isinstance(raw.get("pair"), str) else None,
+                         "method": raw.get("method") if isinstance(raw.get("method"), str) else None,
+                         "gains": "not readable", "status": "unreadable", "problem": listing.problem or "",
+                         "folder": str(listing.path)})
+            continue
         gains = run_gains(manifest)
         first = gains[0] if gains else None
+        pair = manifest.pair or f"{manifest.source.name} -> {manifest.target.name}"
+        variant = manifest.variant
+        if manifest.across_tokenizers:
+            variant = f"{variant} (two tokenizers, per sequence)"
         rows.append({
-            "run_id": manifest.get("run_id") or listing.path.name,
+            "run_id": manifest.run_id,
             "pair": pair,
-            "method": manifest.get("method"),
-            "variant": (f"{manifest.get('variant')} (two tokenizers, per sequence)"
-                        if (manifest.get("alignment_level") or {}).get("level") == "sequence" else manifest.get("variant")),
-            "task": manifest.get("task") or (manifest.get("config") or {}).get("data_file"),
-            "gain": first["gain"] if first else None,
-            "gains": "; ".join(f"{g['task']} {g['metric']}: {_interval_text(g['before'])} -> {_interval_text(g['after'])}"
+            "method": manifest.method,
+            "variant": variant,
+            "task": manifest.task or manifest.config.get("data_file"),
+            "gain": first.gain if first else None,
+            "gains": "; ".join(f"{g.task} {g.metric}: {interval_text(g.before)} -> {interval_text(g.after)}"
                                for g in gains) or "not evaluated",
-            "wall_s": manifest.get("wall_seconds"),
-            "peak_rss_mib": _peak(manifest.get("stages"), "peak_rss_mib"),
-            "peak_gpu_mib": _peak(manifest.get("stages"), "peak_gpu_mib"),
-            "trainable_params": manifest.get("trainable_parameters"),
-            "created": manifest.get("created_at"),
-            "hardware": _hardware(manifest) if manifest else None,
-            "status": manifest.get("status", "unreadable") if listing.manifest else "unreadable",
+            "wall_s": manifest.wall_seconds,
+            "peak_rss_mib": _peak(manifest, "peak_rss_mib"),
+            "peak_gpu_mib": _peak(manifest, "peak_gpu_mib"),
+            "trainable_params": manifest.trainable_parameters,
+            "created": manifest.created_at,
+            "hardware": hardware_text(manifest),
+            "status": manifest.status,
             "problem": listing.problem or "",
             "folder": str(listing.path),
         })
-    return pd.DataFrame(rows, columns=["run_id", "pair", "method", "variant", "task", "gain", "gains", "wall_s",
-                                       "peak_rss_mib", "peak_gpu_mib", "trainable_params", "created", "hardware",
-                                       "status", "problem", "folder"])
-
-
+    return pd.DataFrame(rows, columns=RUNS_TABLE_COLUMNS)

@@ -92,6 +92,9 @@ def _write_worker_record(record: dict, pool: "ModelPool") -> None:
     _write_json(jobs_dir() / WORKER_RECORD, {**record, "models": pool.held(), "updated_at": _now()})
 
 
+LOSS_HISTORY = 500
+
+
 class _Reporter:
     """Writes a job's status file: planned stages with done / total, throttled for fast steps."""
 
@@ -120,11 +123,13 @@ class _Reporter:
         """``name`` begins: every earlier stage that was running is done."""
         names = [s["name"] for s in self.status["stages"]]
         index = names.index(name) if name in names else len(names)
+        now = time.time()
         for stage in self.status["stages"][:index]:
             if stage["state"] == "running":
-                stage.update(state="done", done=stage["total"])
+                stage.update(state="done", done=stage["total"], ended=now)
         stage = self._stage(name)
         stage["state"] = "running"
+        stage.setdefault("started", now)  # wall-clock seconds: elapsed and the estimate of what is left
         self.status["message"] = f"running {stage['label']}"
         self.flush(force=True)
 
@@ -135,18 +140,22 @@ class _Reporter:
             self.start(name)
             stage = self._stage(name)
         stage["done"] = done
+        stage["step_at"] = time.time()
         if total is not None:
             stage["total"] = total
         if loss is not None:
             stage["loss"] = loss
+            # The loss curve the page draws while the stage runs (bounded: the last LOSS_HISTORY steps).
+            stage["losses"] = (stage.get("losses") or [])[-(LOSS_HISTORY - 1):] + [loss]
         if detail is not None:
             stage["detail"] = detail
         self.flush()
 
     def finish_all(self) -> None:
+        now = time.time()
         for stage in self.status["stages"]:
             if stage["state"] in ("running", "waiting"):
-                stage.update(state="done", done=stage["total"])
+                stage.update(state="done", done=stage["total"], ended=now)
 
     def end(self, state: str, **fields) -> None:
         for stage in self.status["stages"]:
@@ -222,7 +231,7 @@ def transfer_plan(config: "TransferConfig", num_target_layers: int, alignment_sa
     plan.append(("probe_before", "probe activations (before)", 1))
     if config.fidelity:
         plan.append(("fidelity", "decomposition fidelity", 1))
-    plan.append(("cka_before", "layer CKA (before)", 1))
+    plan.append(("similarity_before", "layer CKA / CCA (before)", 1))
     for task in config.eval_tasks:
         plan += [(f"eval-{task}-source", f"evaluate the source on {task}", 1),
                  (f"eval-{task}-target_before", f"evaluate the target (before) on {task}", 1)]

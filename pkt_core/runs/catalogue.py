@@ -1,47 +1,67 @@
-"""Find run folders and read their manifests, never failing on a broken one.
+"""Find run folders and read their manifests through the schema, never failing on a broken one.
 
-A run is a folder with ``manifest.json`` (its full format belongs to the transfer pipeline);
-this module only needs ``status`` and a few descriptive fields. A folder without a readable
-manifest, or whose status is not ``complete``, is listed with the reason, never shown as done.
+A folder is listed as complete only when its manifest validates as a :class:`RunManifest` of
+the current format with status ``complete`` and every artefact it lists is there and intact
+(JSON files parse and validate, Parquet footers and safetensors headers read). Anything else is
+listed with the reason (the file, the field, what was expected), never shown as a result.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from pkt_core.paths import pkt_home
+from pkt_core.runs.schema import (
+    COMPARISON_FILE,
+    MANIFEST_FILE,
+    MAPPINGS_FILE,
+    SUMMARY_FILE,
+    TABLE_FILES,
+    TABLES,
+    EvaluationSummary,
+    LayerMaps,
+    PairedComparison,
+    RunFormatError,
+    RunManifest,
+    SimilarityMatrixFile,
+    describe_validation_error,
+    parse_similarity_file_name,
+)
 
-MANIFEST_FILE = "manifest.json"
-SUMMARY_FIELDS = ("run_id", "pair", "source", "target", "method", "variant", "task", "created_at", "hardware")
+MIGRATE_HINT = "rewrite it with `python -m pkt_core.runs.migration FOLDER`"
 
 
 @dataclass(frozen=True)
 class RunListing:
     path: Path
-    manifest: dict | None
+    manifest: RunManifest | None
     problem: str | None
+    raw: dict | None = None  # the manifest as JSON, when it parsed but did not validate
 
     @property
     def complete(self) -> bool:
         return self.problem is None
 
-    def row(self) -> dict:
-        manifest = self.manifest or {}
-        row = {field: manifest.get(field) for field in SUMMARY_FIELDS}
-        row["run_id"] = row["run_id"] or self.path.name
-        row["status"] = manifest.get("status", "unreadable") if self.manifest else "unreadable"
-        row["problem"] = self.problem or ""
-        row["folder"] = str(self.path)
-        return row
+    @property
+    def run_id(self) -> str:
+        if self.manifest is not None:
+            return self.manifest.run_id
+        return str((self.raw or {}).get("run_id") or self.path.name)
+
+    @property
+    def status(self) -> str:
+        if self.manifest is not None:
+            return self.manifest.status
+        return "unreadable"
 
 
 def default_run_roots(repository_root: Path | None = None) -> list[Path]:
     """The shipped runs (``$PKT_CACHED_RUNS``, default the repository's ``cached_runs/``), then
     the user's ``$PKT_HOME/runs``."""
-    import os
-
     roots = []
     shipped = os.environ.get("PKT_CACHED_RUNS")
     if shipped:
@@ -52,38 +72,118 @@ def default_run_roots(repository_root: Path | None = None) -> list[Path]:
     return roots
 
 
+def _load_manifest(folder: Path) -> tuple[RunManifest | None, dict | None, str | None]:
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return None, None, f"no {MANIFEST_FILE}: not a run, or a run that never started"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        return None, None, f"{MANIFEST_FILE} is corrupt ({error})"
+    if not isinstance(raw, dict):
+        return None, None, f"{MANIFEST_FILE} does not hold an object"
+    version = raw.get("format_version", 1)
+    if isinstance(version, int) and version < 2:
+        return None, raw, f"{MANIFEST_FILE} is run format {version}, older than this library reads; {MIGRATE_HINT}"
+    try:
+        return RunManifest.model_validate(raw), raw, None
+    except Exception as error:  # pydantic's ValidationError, named in the message
+        from pydantic import ValidationError
+
+        if isinstance(error, ValidationError):
+            return None, raw, describe_validation_error(MANIFEST_FILE, error)
+        raise
+
+
 def read_run(folder: Path) -> RunListing:
-    manifest_path = folder / MANIFEST_FILE
     if folder.name.endswith(".partial"):
-        return _read_partial(folder, manifest_path)
-    if not manifest_path.is_file():
-        return RunListing(folder, None, f"no {MANIFEST_FILE}: not a run, or a run that never started")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return RunListing(folder, None, f"{MANIFEST_FILE} is corrupt ({error})")
-    if not isinstance(manifest, dict):
-        return RunListing(folder, None, f"{MANIFEST_FILE} does not hold an object")
-    status = manifest.get("status")
-    if status != "complete":
-        return RunListing(folder, manifest, f"status is {status!r}, not complete")
-    return RunListing(folder, manifest, None)
+        return _read_partial(folder)
+    manifest, raw, problem = _load_manifest(folder)
+    if manifest is None:
+        return RunListing(folder, None, problem, raw)
+    if manifest.status != "complete":
+        return RunListing(folder, manifest, f"status is {manifest.status!r}, not complete")
+    broken = _broken_artefact(folder, manifest)
+    if broken:
+        return RunListing(folder, None, broken, raw)
+    return RunListing(folder, manifest, None, raw)
 
 
-def _read_partial(folder: Path, manifest_path: Path) -> RunListing:
+def _read_partial(folder: Path) -> RunListing:
     """A run still being written: running, or stopped (failed, cancelled) and resumable."""
+    manifest, raw, problem = _load_manifest(folder)
+    if manifest is None:
+        return RunListing(folder, None, f"unfinished: {problem or 'the run stopped before it wrote a manifest'}", raw)
+    if manifest.status == "running":
+        return RunListing(folder, manifest, f"in progress ({len(manifest.stages)} stages finished so far), or "
+                                            "stopped abruptly")
+    error = f": {manifest.error}" if manifest.error else ""
+    return RunListing(folder, manifest, f"{manifest.status}{error}; continue it with the same command and --resume")
+
+
+def _broken_artefact(folder: Path, manifest: RunManifest) -> str | None:
+    """The first listed artefact that is missing or damaged, described; None when all are intact."""
+    for name in manifest.artefacts:
+        path = folder / name
+        if not path.is_file():
+            left_out = manifest.shipped.left_out if manifest.shipped else []
+            if name in left_out:
+                continue
+            return f"{name} is listed in the manifest but missing"
+        try:
+            _check_artefact(path, name)
+        except RunFormatError as error:
+            return str(error)
+    return None
+
+
+def _check_artefact(path: Path, name: str) -> None:
+    """Cheap integrity checks: JSON records validate, Parquet footers and safetensors headers read."""
+    file = path.name
+    if file.endswith(".json"):
+        record = None
+        if parse_similarity_file_name(file) is not None:
+            record = SimilarityMatrixFile
+        elif file == MAPPINGS_FILE:
+            record = LayerMaps
+        elif file == SUMMARY_FILE:
+            record = EvaluationSummary
+        elif file == COMPARISON_FILE:
+            record = PairedComparison
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RunFormatError(f"{name}: not readable JSON ({error})") from None
+        if record is not None:
+            from pkt_core.runs.schema import parse_record
+
+            parse_record(record, payload, name)
+    elif file.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(path)
+        except Exception as error:  # pyarrow raises several kinds for a damaged footer
+            raise RunFormatError(f"{name}: not a readable Parquet table ({error})") from None
+        kind = "items" if file == "items.parquet" else TABLE_FILES.get(file)
+        if kind is not None:
+            TABLES[kind].check(schema, name)
+    elif file.endswith(".safetensors"):
+        _check_safetensors_header(path, name)
+
+
+def _check_safetensors_header(path: Path, name: str) -> None:
+    """The header parses and the data it describes fits in the file (a truncated file does not)."""
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return RunListing(folder, None, "unfinished: the run stopped before it wrote a readable manifest")
-    if not isinstance(manifest, dict):
-        return RunListing(folder, None, "unfinished: the run stopped before it wrote a readable manifest")
-    status = manifest.get("status", "unknown")
-    if status == "running":
-        finished = len(manifest.get("stages", {}))
-        return RunListing(folder, manifest, f"in progress ({finished} stages finished so far), or stopped abruptly")
-    error = f": {manifest['error']}" if manifest.get("error") else ""
-    return RunListing(folder, manifest, f"{status}{error}; continue it with the same command and --resume")
+        with path.open("rb") as stream:
+            length = struct.unpack("<Q", stream.read(8))[0]
+            header = json.loads(stream.read(length))
+        size = path.stat().st_size
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFormatError(f"{name}: not a readable safetensors file ({error})") from None
+    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if 8 + length + end > size:
+        raise RunFormatError(f"{name}: truncated ({size} bytes, its header describes {8 + length + end})")
 
 
 def list_runs(roots: list[Path]) -> list[RunListing]:

@@ -20,11 +20,21 @@ from safetensors.torch import load_file, save_file
 
 from pkt_core.atomic_files import replace_directory, write_json_atomic
 from pkt_core.runs.reader import RunReadError, open_run
+from pkt_core.runs.schema import (
+    CROSS_MAP_FILE,
+    MANIFEST_FILE,
+    PROBE_ACTIVATIONS_FILE,
+    WEIGHT_DELTA_FILE,
+    RunManifest,
+    ShippedRecord,
+    parse_record,
+    record_json,
+)
 
-LEFT_OUT = ("target_delta.safetensors",)
-HALVED = ("cross_map.safetensors",)
+LEFT_OUT = (WEIGHT_DELTA_FILE,)
+HALVED = (CROSS_MAP_FILE,)
 # Read by the Projections page alone: a run shipped without them keeps every other page.
-MAY_LEAVE_OUT = ("probe_activations.safetensors", "cross_map.safetensors")
+MAY_LEAVE_OUT = (PROBE_ACTIVATIONS_FILE, CROSS_MAP_FILE)
 
 
 class ShippingError(ValueError):
@@ -45,17 +55,18 @@ def ship_run(run_folder: Path, destination_root: Path, reproduce_command: str,
     shutil.rmtree(staging, ignore_errors=True)
     dropped = LEFT_OUT + tuple(leave_out)
     shutil.copytree(run.folder, staging, ignore=shutil.ignore_patterns(*dropped))
-    manifest = dict(run.manifest)
+    manifest = run.manifest.model_copy(deep=True)
     left_out = [name for name in dropped if (run.folder / name).exists()]
-    if "target_delta.safetensors" in left_out:
-        manifest["weights_delta"] = {**manifest.get("weights_delta", {}), "file": None,
-                                     "left_out": "not shipped with the repository; rerun to recreate it"}
+    if WEIGHT_DELTA_FILE in left_out and manifest.weights_delta is not None:
+        manifest.weights_delta = manifest.weights_delta.model_copy(update={
+            "file": None, "left_out": "not shipped with the repository; rerun to recreate it"})
     halved = [name for name in HALVED if (staging / name).exists()]
     for name in halved:
         tensors = load_file(staging / name)
         save_file({key: value.to(torch.float16) for key, value in tensors.items()}, staging / name)
-    manifest["shipped"] = {"left_out": left_out, "stored_float16": halved, "reproduce": reproduce_command}
-    write_json_atomic(staging / "manifest.json", manifest)
+    manifest.shipped = ShippedRecord(left_out=left_out, stored_float16=halved, reproduce=reproduce_command)
+    write_json_atomic(staging / MANIFEST_FILE, record_json(parse_record(RunManifest, record_json(manifest),
+                                                                        MANIFEST_FILE)))
     replace_directory(staging, destination)
     return destination
 
@@ -76,7 +87,7 @@ def _interval(value: dict | None) -> str:
 
 def results_rows(root: Path) -> list[dict]:
     """One row per (complete run under ``root``, evaluated task), read from the manifests only."""
-    from pkt_core.figures.runs_page import primary_metric
+    from pkt_core.figures.runs_page import run_gains
 
     rows = []
     for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
@@ -84,31 +95,29 @@ def results_rows(root: Path) -> list[dict]:
             manifest = open_run(folder).manifest
         except RunReadError:  # incomplete or corrupt: never a result
             continue
-        method = METHOD_TITLES.get(manifest["method"], manifest["method"])
-        if manifest["method"] == "semalign":
-            method += f" {manifest['variant']}"
-        for task, evaluation in sorted((manifest.get("evaluation") or {}).items()):
-            before = evaluation.get("target_before", {}).get("metrics", {})
-            metric = primary_metric(task, before)
-            if metric is None:
-                continue
-            after = evaluation.get("target_after", {}).get("metrics", {})
-            source = evaluation.get("source", {}).get("metrics", {})
-            comparison = evaluation.get("comparison_target_before_after") or {}
+        method = METHOD_TITLES.get(manifest.method, manifest.method)
+        if manifest.method == "semalign":
+            method += f" {manifest.variant}"
+        for gain in sorted(run_gains(manifest), key=lambda g: g.task):
+            evaluation = manifest.evaluation[gain.task]
+            comparison = evaluation.comparison_target_before_after
             # Runs written before the manifest had a cost summary: the same numbers from their stages.
-            stage_peaks = [r.get("peak_rss_mib") for r in (manifest.get("stages") or {}).values() if r.get("peak_rss_mib")]
-            cost = {"wall_seconds": manifest.get("wall_seconds"), "peak_rss_mib": max(stage_peaks, default=None),
-                    "trainable_parameters": manifest.get("trainable_parameters"), **(manifest.get("cost") or {})}
-            environment = manifest.get("environment") or {}
-            hardware = (", ".join(environment["gpus"]) if environment.get("gpus")
-                        else f"{environment.get('cpu_count', '?')}-core CPU")
+            stage_peaks = [r.peak_rss_mib for r in manifest.stages.values() if r.peak_rss_mib]
+            cost = {"wall_seconds": manifest.wall_seconds, "peak_rss_mib": max(stage_peaks, default=None),
+                    "trainable_parameters": manifest.trainable_parameters}
+            if manifest.cost is not None:
+                cost.update(manifest.cost.model_dump())
+            gpus = manifest.provenance.hardware.gpus
+            hardware = ", ".join(gpus) if gpus else f"{manifest.provenance.hardware.cpu_count or '?'}-core CPU"
+            as_dict = lambda value: value.model_dump() if value is not None else None  # noqa: E731
             rows.append({
-                "run": folder.name, "method": method, "alignment_task": manifest.get("task") or "file",
-                "alignment_samples": len(manifest["data"]["alignment_ids"]), "task": task, "metric": metric,
-                "items": evaluation.get("target_before", {}).get("items"),
-                "before": before.get(metric), "after": after.get(metric), "source": source.get(metric),
-                "right_to_wrong": comparison.get("right_to_wrong"), "wrong_to_right": comparison.get("wrong_to_right"),
-                "mcnemar_p": comparison.get("mcnemar_p"), "wall_seconds": cost.get("wall_seconds"),
+                "run": folder.name, "method": method, "alignment_task": manifest.task or "file",
+                "alignment_samples": len(manifest.data.alignment_ids), "task": gain.task, "metric": gain.metric,
+                "items": evaluation.target_before.items if evaluation.target_before else None,
+                "before": as_dict(gain.before), "after": as_dict(gain.after), "source": as_dict(gain.source),
+                "right_to_wrong": comparison.right_to_wrong if comparison else None,
+                "wrong_to_right": comparison.wrong_to_right if comparison else None,
+                "mcnemar_p": comparison.mcnemar_p if comparison else None, "wall_seconds": cost.get("wall_seconds"),
                 "peak_rss_mib": cost.get("peak_rss_mib"), "trainable_parameters": cost.get("trainable_parameters"),
                 "hardware": hardware,
             })
@@ -181,13 +190,13 @@ def readme_section(root: Path) -> str:
     commands = []
     for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
         try:
-            shipped = open_run(folder).manifest.get("shipped") or {}
+            shipped = open_run(folder).manifest.shipped
         except RunReadError:
             continue
-        if shipped.get("reproduce"):
-            extras = [name for name in shipped.get("left_out", []) if name not in LEFT_OUT]
+        if shipped is not None and shipped.reproduce:
+            extras = [name for name in shipped.left_out if name not in LEFT_OUT]
             note = f" (shipped without {', '.join(extras)}: the Projections page cannot draw it)" if extras else ""
-            commands.append(f"# {folder.name}{note}\n{shipped['reproduce']}")
+            commands.append(f"# {folder.name}{note}\n{shipped.reproduce}")
     body = "\n\n".join(commands)
     return f"{BEGIN_MARK}\n{results_table(root)}\n\nReproduce (each from a fresh clone):\n\n```bash\n{body}\n```\n{END_MARK}"
 

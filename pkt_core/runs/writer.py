@@ -1,10 +1,15 @@
-"""Write one run as a folder: manifest plus open-format artefacts, atomically.
+"""Write one run as a folder: manifest plus open-format artefacts, atomically, through the schema.
 
 Everything goes into ``<run>.partial/`` while the run works; the manifest there always says
 where it stands (``running``, ``failed`` or ``cancelled``, with the error). Finished stages leave
 checkpoints so that ``resume`` continues from the last one. Only :meth:`RunWriter.finish` marks
 the run ``complete`` and renames the folder into place, so a folder without ``.partial`` is
 always a complete run.
+
+Every file goes through its record of :mod:`pkt_core.runs.schema`: the manifest is validated at
+each write (serialised, then read back as a reader would), tables are checked for the columns
+their kind needs and tensor files for their key names, so a run can never hold a file its
+readers would refuse.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import platform
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,10 +28,27 @@ from safetensors.torch import load_file, save_file
 
 from pkt_core import __version__, atomic_files
 from pkt_core.errors import PktError
-
-MANIFEST = "manifest.json"
-PROGRESS = "progress.json"
-CHECKPOINTS = "checkpoints"
+from pkt_core.provenance import provenance_record
+from pkt_core.runs.schema import (
+    CHECKPOINTS_FOLDER,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MAPPINGS_FILE,
+    PROGRESS_FILE,
+    TABLE_FILES,
+    TABLES,
+    TENSOR_FILES,
+    LayerMaps,
+    Progress,
+    RunFormatError,
+    RunManifest,
+    SimilarityMatrixFile,
+    StageCost,
+    parse_record,
+    read_json_record,
+    record_json,
+    similarity_file_name,
+)
 
 
 class RunStoreError(PktError):
@@ -51,7 +74,7 @@ def _json_default(value):
 def environment_record() -> dict:
     import transformers
 
-    record = {
+    return {
         "pkt_core": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -62,44 +85,53 @@ def environment_record() -> dict:
         "torch_threads": torch.get_num_threads(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [],
     }
-    return record
 
 
 class RunWriter:
-    def __init__(self, folder: Path, manifest: dict, resume: bool = False, overwrite: bool = False) -> None:
+    """Writes one run. ``manifest`` holds what the run knows before it starts (method, pair,
+    config, data, ...); the writer adds status, times, environment, provenance and the format."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], resume: bool = False, overwrite: bool = False) -> None:
         self.folder = Path(folder)
         self.partial = self.folder.with_name(self.folder.name + ".partial")
         if self.folder.exists():
             if not overwrite:
                 raise RunStoreError(f"{self.folder} already holds a finished run; choose another --out or pass --overwrite")
         if resume:
-            if not (self.partial / MANIFEST).is_file():
+            if not (self.partial / MANIFEST_FILE).is_file():
                 raise RunStoreError(f"nothing to resume: {self.partial} does not exist; start the run without --resume")
-            previous = json.loads((self.partial / MANIFEST).read_text())
-            if previous.get("config") != manifest.get("config"):
+            try:
+                previous = read_json_record(RunManifest, self.partial / MANIFEST_FILE)
+            except RunFormatError as error:
+                raise RunStoreError(f"cannot resume {self.partial}: {error}. Start the run again without --resume.") from None
+            if previous.config != manifest.get("config"):
+                old, new = previous.config, manifest.get("config", {})
                 raise RunStoreError(
                     "--resume needs the same configuration as the interrupted run; it differs in: "
-                    + ", ".join(sorted(k for k in set(previous.get("config", {})) | set(manifest.get("config", {}))
-                                       if previous.get("config", {}).get(k) != manifest.get("config", {}).get(k)))
+                    + ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
                 )
-            self.manifest = {**previous, "status": "running", "resumed_at": _now()}
-            self.manifest.setdefault("resumes", 0)
-            self.manifest["resumes"] += 1
+            self.manifest = previous.model_copy(update={"status": "running", "resumed_at": _now(),
+                                                        "resumes": previous.resumes + 1, "error": None})
         else:
             shutil.rmtree(self.partial, ignore_errors=True)
             self.partial.mkdir(parents=True)
-            self.manifest = {**manifest, "status": "running", "created_at": _now(), "environment": environment_record(),
-                             "stages": {}}
-        (self.partial / CHECKPOINTS).mkdir(exist_ok=True)
+            self.manifest = parse_record(RunManifest, {
+                **manifest, "format_version": FORMAT_VERSION, "status": "running", "created_at": _now(),
+                "environment": environment_record(), "provenance": provenance_record(), "stages": {},
+            }, MANIFEST_FILE)
+        (self.partial / CHECKPOINTS_FOLDER).mkdir(exist_ok=True)
         self.overwrite = overwrite
         self.write_manifest()
 
     # -- manifest -------------------------------------------------------------------------
     def write_manifest(self) -> None:
-        write_json_atomic(self.partial / MANIFEST, self.manifest)
+        """Validate the manifest as a reader will (JSON out, record back in), then write it."""
+        payload = record_json(self.manifest)
+        self.manifest = parse_record(RunManifest, json.loads(json.dumps(payload, default=_json_default)), MANIFEST_FILE)
+        write_json_atomic(self.partial / MANIFEST_FILE, payload)
 
     def record_stage(self, name: str, record: dict) -> None:
-        self.manifest["stages"][name] = record
+        self.manifest.stages[name] = StageCost.model_validate(record)
         self.write_manifest()
 
     # -- artefacts ------------------------------------------------------------------------
@@ -109,15 +141,39 @@ class RunWriter:
     def save_json(self, name: str, payload) -> None:
         write_json_atomic(self.partial / name, payload)
 
+    def save_similarity(self, record: SimilarityMatrixFile) -> str:
+        """A layer-similarity matrix under its schema name ``similarity_<metric>_<view>.json``."""
+        if record.view is None:
+            raise RunFormatError("a run's similarity matrix must say its view (target_source_before, ...)")
+        name = similarity_file_name(record.metric, record.view)
+        self.save_json(name, record_json(record))
+        return name
+
+    def save_layer_maps(self, maps: LayerMaps) -> None:
+        self.save_json(MAPPINGS_FILE, record_json(maps))
+
     def save_table(self, name: str, rows: list[dict]) -> None:
+        """A Parquet table of a kind the schema knows (``stage_losses.parquet``, ...); checked
+        for the columns its kind needs."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        kind = TABLE_FILES.get(Path(name).name)
+        if kind is None:
+            raise RunFormatError(f"{name}: no table kind of that name in the run format ({', '.join(TABLE_FILES)})")
+        table = pa.Table.from_pylist(rows)
+        if rows:
+            TABLES[kind].check(table.schema, name)
         temporary = self.partial / (name + ".tmp")
-        pq.write_table(pa.Table.from_pylist(rows), temporary)
+        pq.write_table(table, temporary)
         os.replace(temporary, self.partial / name)
 
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        spec = TENSOR_FILES.get(Path(name).name)
+        if spec is None and not name.startswith(CHECKPOINTS_FOLDER + "/"):
+            raise RunFormatError(f"{name}: no tensor file of that name in the run format ({', '.join(TENSOR_FILES)})")
+        if spec is not None:
+            spec.check(list(tensors), name)
         temporary = self.partial / (name + ".tmp")
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(temporary))
         os.replace(temporary, self.partial / name)
@@ -130,35 +186,41 @@ class RunWriter:
 
     # -- checkpoints for resume -----------------------------------------------------------
     def finished_stages(self) -> list[str]:
-        progress = self.partial / PROGRESS
-        return json.loads(progress.read_text())["finished"] if progress.is_file() else []
+        progress = self.partial / PROGRESS_FILE
+        return read_json_record(Progress, progress).finished if progress.is_file() else []
 
     def finish_stage(self, stage: str, tensors: dict[str, torch.Tensor] | None = None) -> None:
         if tensors:
-            self.save_tensors(f"{CHECKPOINTS}/{stage}.safetensors", tensors)
+            self.save_tensors(f"{CHECKPOINTS_FOLDER}/{stage}.safetensors", tensors)
         finished = self.finished_stages()
         if stage not in finished:
             finished.append(stage)
-        write_json_atomic(self.partial / PROGRESS, {"finished": finished})
+        write_json_atomic(self.partial / PROGRESS_FILE, record_json(Progress(finished=finished)))
 
     def checkpoint(self, stage: str) -> dict[str, torch.Tensor]:
-        path = f"{CHECKPOINTS}/{stage}.safetensors"
+        path = f"{CHECKPOINTS_FOLDER}/{stage}.safetensors"
         return self.load_tensors(path) if self.has(path) else {}
 
     # -- endings --------------------------------------------------------------------------
     def fail(self, status: str, error: BaseException) -> None:
         """Mark the partial run failed or cancelled; it stays resumable and is never shown complete."""
-        self.manifest["status"] = status
-        self.manifest["error"] = f"{type(error).__name__}: {error}"
-        self.manifest["ended_at"] = _now()
-        self.write_manifest()
+        self.manifest.status = status
+        self.manifest.error = f"{type(error).__name__}: {error}"
+        self.manifest.ended_at = _now()
+        try:
+            self.write_manifest()
+        except RunFormatError:
+            # The failure may be a manifest that does not validate: record the ending anyway, so the
+            # folder is listed as stopped (with the reason) rather than left saying "running".
+            payload = self.manifest.model_dump(mode="json")
+            write_json_atomic(self.partial / MANIFEST_FILE, payload)
 
     def finish(self, keep_checkpoints: bool = False) -> Path:
         if not keep_checkpoints:
-            shutil.rmtree(self.partial / CHECKPOINTS, ignore_errors=True)
-            (self.partial / PROGRESS).unlink(missing_ok=True)
-        self.manifest["status"] = "complete"
-        self.manifest["ended_at"] = _now()
+            shutil.rmtree(self.partial / CHECKPOINTS_FOLDER, ignore_errors=True)
+            (self.partial / PROGRESS_FILE).unlink(missing_ok=True)
+        self.manifest.status = "complete"
+        self.manifest.ended_at = _now()
         self.write_manifest()
         atomic_files.replace_directory(self.partial, self.folder)
         return self.folder

@@ -23,12 +23,14 @@ import torch
 
 from pkt_core.models.loading import LoadedModel
 from pkt_core.models.vocabulary import compare_vocabularies
+from pkt_core.runs.reader import Run
+from pkt_core.runs.schema import CHECKPOINTS_FOLDER, CROSS_MAP_FILE, ChosenMapping, LayerMap, LayerMaps
 from pkt_core.runs.writer import RunWriter
 from pkt_core.transfer import semantic_bases
 from pkt_core.transfer.alignment_data import AlignmentSample
 from pkt_core.transfer.attribution import LayerAttribution, layer_gradient_x_activation
 from pkt_core.transfer.config import TransferConfig
-from pkt_core.transfer.frontier import frontier_trainable_parameters, run_frontier_schedule
+from pkt_core.transfer.frontier import apply_weight_delta, frontier_trainable_parameters, run_frontier_schedule
 from pkt_core.transfer.layer_mapping import (
     LayerMapping,
     attribution_monotone_map,
@@ -70,8 +72,8 @@ from pkt_core.transfer.supervision import (
 # batches keep that peak near a forward pass (16 x 256 tokens through a 1.5B model in one
 # batch of 8 peaked at 21.8 GB on the CPU).
 ATTRIBUTION_BATCH_SIZE = 2
-SUPERVISION_FILE = "supervision.safetensors"
-CROSS_MAP_FILE = "cross_map.safetensors"
+# Resume state of the supervision stage (removed when the run finishes, like every checkpoint).
+SUPERVISION_FILE = f"{CHECKPOINTS_FOLDER}/supervision-targets.safetensors"
 
 
 def method_for(name: str) -> TransferMethod:
@@ -132,8 +134,8 @@ def prepare_semalign(stages: RunStages, writer: RunWriter, source: LoadedModel, 
     token subset: every token for one vocabulary, the index-aligned shared strings for two)."""
     pairs = shared_token_pairs(source, target)
     source_ids, target_ids = (None, None) if pairs is None else (pairs[:, 0], pairs[:, 1])
-    writer.manifest["semantic_bases"] = {"columns": "every token" if pairs is None
-                                         else f"{len(pairs)} shared token strings (index-aligned)"}
+    writer.manifest.semantic_bases = {"columns": "every token" if pairs is None
+                                      else f"{len(pairs)} shared token strings (index-aligned)"}
     source_basis = semantic_bases.cached_semantic_basis(source.adapter.lm_head().weight, source.fingerprint, "output",
                                                         source_ids)
     target_basis = semantic_bases.cached_semantic_basis(target.adapter.lm_head().weight, target.fingerprint, "output",
@@ -160,9 +162,10 @@ def train_semalign(context: RunContext) -> TrainedTransfer:
 
     mappings = _all_mappings(config, attribution, context.cka_before, num_source, num_target)
     chosen = mappings[config.mapping]
-    writer.save_json("mappings.json", {"chosen": config.mapping, "mappings": {n: m.to_record() for n, m in mappings.items()}})
-    writer.manifest["mapping"] = {"chosen": config.mapping, "paper_version": chosen.paper_version,
-                                  "table": chosen.table(), "notes": list(chosen.notes)}
+    writer.save_layer_maps(LayerMaps(chosen=config.mapping,
+                                     mappings={n: LayerMap.model_validate(m.to_record()) for n, m in mappings.items()}))
+    writer.manifest.mapping = ChosenMapping(chosen=config.mapping, paper_version=chosen.paper_version,
+                                            table=chosen.table(), notes=list(chosen.notes))
     writer.write_manifest()
 
     sites = _sites_for(config)
@@ -201,3 +204,8 @@ def _all_mappings(config, attribution: LayerAttribution, cka_before: np.ndarray,
         "attribution-monotone": attribution_monotone_map(scores, num_target),
         "cka-monotone": cka_monotone_map(cka_before),
     }
+
+
+def apply_run_to_model(model: torch.nn.Module, run: Run) -> None:
+    """Turn the run's untouched target into its transferred target, in place."""
+    apply_weight_delta(model, run.weight_delta())

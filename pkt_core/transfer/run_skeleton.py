@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,10 +31,28 @@ from pkt_core.capture.hooks import position_ids_from_mask
 from pkt_core.errors import VocabularyMismatchError
 from pkt_core.jobs.resource_monitor import PeakMemoryMonitor
 from pkt_core.models.loading import LoadedModel, load_model
+from pkt_core.models.precision import precision_record
 from pkt_core.models.vocabulary import compare_vocabularies
 from pkt_core.paths import pkt_home
+from pkt_core.runs.schema import (
+    CHECKPOINTS_FOLDER,
+    COMPARISON_FILE,
+    EVALUATION_FOLDER,
+    MANIFEST_FILE,
+    PROGRESS_FILE,
+    WEIGHT_DELTA_FILE,
+    PairedComparison,
+    RoleEvaluation,
+    RunCost,
+    RunManifest,
+    SimilarityMatrixFile,
+    TaskEvaluation,
+    WeightDelta,
+    read_json_record,
+    record_json,
+    similarity_file_name,
+)
 from pkt_core.runs.writer import RunWriter
-from pkt_core.similarity import layer_similarity_matrix
 from pkt_core.transfer import semantic_bases
 from pkt_core.transfer.alignment_data import (
     AlignmentSample,
@@ -44,6 +61,7 @@ from pkt_core.transfer.alignment_data import (
 )
 from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.losses import LOSS_PAPER_VERSIONS
+from pkt_core.transfer.probe_similarity import probe_similarity_records
 from pkt_core.transfer.sequence_alignment import LEVEL_NOTE, SEQUENCE_LEVEL
 from pkt_core.transfer.stages import TransferCancelled, frontier_layers
 from pkt_core.transfer.supervision import _final_norm_cpu, collect_layer_states
@@ -52,7 +70,7 @@ from pkt_core.transfer.task_samples import load_alignment_and_probes
 ProgressCallback = Callable[[str, int, float], None]
 CKA_MAX_ROWS = 1024
 STAGE_LOSSES = "stage_losses.parquet"
-WEIGHT_DELTA = "target_delta.safetensors"
+WEIGHT_DELTA = WEIGHT_DELTA_FILE
 LORA_DELTA_FORMAT = "lora factors (name.lora_b @ name.lora_a)"
 FULL_DELTA_FORMAT = "full tensor deltas"
 METHOD_NAMES = {"semalign": "SemAlign", "seeking": "Seeking Neural Nuggets", "laten": "LaTen",
@@ -114,7 +132,7 @@ class RunContext:
 
     def set_method_details(self, details: dict) -> None:
         """The method's own record in the manifest (selected layers, shapes, sizes, ...)."""
-        self.writer.manifest["method_details"] = details
+        self.writer.manifest.method_details = details
         self.writer.write_manifest()
 
 
@@ -170,13 +188,13 @@ def row_subset(count: int, seed: int) -> torch.Tensor:
     return torch.randperm(count, generator=generator)[:CKA_MAX_ROWS].sort().values
 
 
-def layer_cka_record(rows_a: dict[int, torch.Tensor], rows_b: dict[int, torch.Tensor],
-                     rows: str = "probe tokens, position 0 and padding dropped") -> dict:
-    layers_a = [rows_a[l].double().numpy() for l in sorted(rows_a)]
-    layers_b = [rows_b[l].double().numpy() for l in sorted(rows_b)]
-    matrix = layer_similarity_matrix(layers_a, layers_b, "linear_cka")
-    return {"metric": matrix.metric, "values": matrix.values.tolist(), "n_rows": int(matrix.n_rows),
-            "notes": list(matrix.notes), "rows": rows}
+def _save_similarity(writer: RunWriter, records: list[SimilarityMatrixFile], skipped: dict[str, str], view: str) -> None:
+    """The view's matrices into the run, and the measures left out with why into the manifest."""
+    for record in records:
+        writer.save_similarity(record)
+    if skipped:
+        writer.manifest.similarity_skipped.update({f"{metric} {view}": why for metric, why in skipped.items()})
+        writer.write_manifest()
 
 
 def read_table(path: Path) -> list[dict]:
@@ -240,15 +258,16 @@ def run_with_skeleton(
         "vocabulary": vocabulary.summary(),
         "alignment_level": {"level": alignment_level,
                             "note": "token by token (one tokenizer)" if alignment_level == "token" else LEVEL_NOTE},
+        "precision": precision_record(config.dtype, source.precision, target.precision),
     }
     writer = RunWriter(folder, manifest, resume=resume, overwrite=overwrite)
     stages = RunStages(writer, on_progress, should_cancel)
     try:
         _run(config, method, source, target, alignment, probes, writer, stages, on_progress, should_cancel,
              alignment_level)
-        writer.manifest["wall_seconds"] = round(time.monotonic() - started, 3)
-        writer.manifest["cost"] = _cost_summary(writer.manifest)
-        writer.manifest["artefacts"] = _artefact_list(writer)
+        writer.manifest.wall_seconds = round(time.monotonic() - started, 3)
+        writer.manifest.cost = _cost_summary(writer.manifest)
+        writer.manifest.artefacts = _artefact_list(writer)
         return writer.finish()
     except (TransferCancelled, KeyboardInterrupt) as error:
         writer.fail("cancelled", error)
@@ -277,7 +296,7 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
     # sequences' mean states instead.
     subset = row_subset(int(probe_token_mask(probe_tokens).sum()), config.seed)
     source_subset = row_subset(int(probe_token_mask(source_probe_tokens).sum()), config.seed) if across_tokenizers else subset
-    writer.manifest["data"]["cka_rows"] = len(probes) if across_tokenizers else int(subset.numel())
+    writer.manifest.data.cka_rows = len(probes) if across_tokenizers else int(subset.numel())
     cross_rows = ("probe sequence means (two tokenizers), position 0 and padding dropped" if across_tokenizers
                   else "probe tokens, position 0 and padding dropped")
 
@@ -300,10 +319,12 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
     if config.fidelity and not stages.done("fidelity"):
         stages.run("fidelity", lambda: writer.save_table("fidelity.parquet", _fidelity_rows(
             config, source, target, source_tokens, target_tokens)))
-    if not stages.done("cka_before"):
-        stages.run("cka_before", lambda: writer.save_json("cka_target_source_before.json", layer_cka_record(
-            *((target_means, source_means) if across_tokenizers else (target_tokens, source_tokens)), cross_rows)))
-    cka_before = np.array(json.loads(writer.path("cka_target_source_before.json").read_text())["values"])
+    if not stages.done("similarity_before"):
+        stages.run("similarity_before", lambda: _save_similarity(writer, *probe_similarity_records(
+            *((target_means, source_means) if across_tokenizers else (target_tokens, source_tokens)),
+            "target_source_before", cross_rows, config.similarity_measures), "target_source_before"))
+    cka_before = np.array(read_json_record(
+        SimilarityMatrixFile, writer.path(similarity_file_name("linear_cka", "target_source_before"))).values)
 
     for task in config.eval_tasks:
         _evaluate_role(stages, writer, source, task, "source", config.eval_limit)
@@ -312,13 +333,16 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
     context = RunContext(config, source, target, tokenised, probe_tokens, writer, stages, on_progress, should_cancel,
                          cka_before, source_tokenised, alignment_level)
     trained = method.train(context)
-    writer.manifest["trainable_parameters"] = int(trained.trainable_parameters)
+    writer.manifest.trainable_parameters = int(trained.trainable_parameters)
 
     def probe_after():
         after_tokens, after_means = probe_rows(target, probe_tokens, config.batch_size, subset)
-        writer.save_json("cka_target_source_after.json", layer_cka_record(
-            *((after_means, source_means) if across_tokenizers else (after_tokens, source_tokens)), cross_rows))
-        writer.save_json("cka_target_before_after.json", layer_cka_record(target_tokens, after_tokens))
+        _save_similarity(writer, *probe_similarity_records(
+            *((after_means, source_means) if across_tokenizers else (after_tokens, source_tokens)),
+            "target_source_after", cross_rows, config.similarity_measures), "target_source_after")
+        _save_similarity(writer, *probe_similarity_records(
+            target_tokens, after_tokens, "target_before_after", "probe tokens, position 0 and padding dropped",
+            config.similarity_measures), "target_before_after")
         pooled = {f"source.layer.{l}": v for l, v in source_means.items()}
         pooled.update({f"target_before.layer.{l}": v for l, v in target_means.items()})
         pooled.update({f"target_after.layer.{l}": v for l, v in after_means.items()})
@@ -326,38 +350,32 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
 
     stages.run("probe_after", probe_after)
     if config.eval_tasks:
-        transferred = transferred_view(target, trained.delta, writer.manifest["run_id"])
+        transferred = transferred_view(target, trained.delta, writer.manifest.run_id)
         for task in config.eval_tasks:
             _evaluate_role(stages, writer, transferred, task, "target_after", config.eval_limit)
             _record_comparison(writer, task)
     if config.save_weights_delta:
         writer.save_tensors(WEIGHT_DELTA, trained.delta)
-    writer.manifest["weights_delta"] = {
-        "file": WEIGHT_DELTA if config.save_weights_delta else None,
-        "format": trained.delta_format,
-        "tensors": len(trained.delta),
-    }
+    writer.manifest.weights_delta = WeightDelta(file=WEIGHT_DELTA if config.save_weights_delta else None,
+                                                format=trained.delta_format, tensors=len(trained.delta))
 
 
-def _cost_summary(manifest: dict) -> dict:
+def _cost_summary(manifest: RunManifest) -> RunCost:
     """Wall time, peak memory and trainable parameters in one place, for cost-next-to-gain views."""
-    records = manifest.get("stages", {}).values()
-    gpu = [r["peak_gpu_mib"] for r in records if r.get("peak_gpu_mib") is not None]
-    return {
-        "wall_seconds": manifest["wall_seconds"],
-        "stage_wall_seconds": round(sum(r["wall_seconds"] for r in records), 3),
-        "peak_rss_mib": max((r["peak_rss_mib"] for r in records), default=None),
-        "peak_gpu_mib": max(gpu) if gpu else None,
-        "trainable_parameters": manifest.get("trainable_parameters"),
-    }
+    records = list(manifest.stages.values())
+    rss = [r.peak_rss_mib for r in records if r.peak_rss_mib is not None]
+    gpu = [r.peak_gpu_mib for r in records if r.peak_gpu_mib is not None]
+    return RunCost(wall_seconds=manifest.wall_seconds, stage_wall_seconds=round(sum(r.wall_seconds for r in records), 3),
+                   peak_rss_mib=max(rss) if rss else None, peak_gpu_mib=max(gpu) if gpu else None,
+                   trainable_parameters=manifest.trainable_parameters)
 
 
 def _artefact_list(writer: RunWriter) -> list[str]:
     """Files of the finished run (what a reader may open), relative to its folder."""
-    skip = {"manifest.json", "progress.json"}
+    skip = {MANIFEST_FILE, PROGRESS_FILE}
     return sorted(str(p.relative_to(writer.partial)) for p in writer.partial.rglob("*")
                   if p.is_file() and p.name not in skip and not p.name.endswith(".tmp")
-                  and p.relative_to(writer.partial).parts[0] != "checkpoints")
+                  and p.relative_to(writer.partial).parts[0] != CHECKPOINTS_FOLDER)
 
 
 def transferred_view(target: LoadedModel, delta: dict[str, torch.Tensor], run_id: str) -> LoadedModel:
@@ -382,9 +400,9 @@ def _evaluate_role(stages: RunStages, writer: RunWriter, loaded: LoadedModel, ta
 
     def work():
         result = evaluate(loaded, EvalOptions(task=task, limit=limit), out=folder)
-        evaluation = writer.manifest.setdefault("evaluation", {}).setdefault(task, {})
-        evaluation[role] = {"metrics": result.summary["metrics"], "items": int(len(result.items)),
-                            "subset": result.summary["subset"], "model": loaded.name}
+        evaluation = writer.manifest.evaluation.setdefault(task, TaskEvaluation())
+        setattr(evaluation, role, RoleEvaluation(metrics=result.summary["metrics"], items=int(len(result.items)),
+                                                 subset=result.summary["subset"], model=loaded.name))
         writer.write_manifest()
 
     stages.run(name, work)
@@ -395,8 +413,9 @@ def _record_comparison(writer: RunWriter, task: str) -> None:
 
     comparison = compare_evaluations(writer.path(f"evaluation/{task}/target_before"),
                                      writer.path(f"evaluation/{task}/target_after"))
-    writer.save_json(f"evaluation/{task}/comparison_target_before_after.json", comparison.as_dict())
-    writer.manifest["evaluation"][task]["comparison_target_before_after"] = comparison.as_dict()
+    record = PairedComparison.model_validate(comparison.as_dict())
+    writer.save_json(f"{EVALUATION_FOLDER}/{task}/{COMPARISON_FILE}", record_json(record))
+    writer.manifest.evaluation[task].comparison_target_before_after = record
     writer.write_manifest()
 
 

@@ -69,38 +69,16 @@ def transfer_config(source: Path, target: Path, **changes):
 
 
 def make_run(folder: Path, models: Path, evaluate_roles: bool = True) -> Path:
-    """Write a complete run to ``folder`` (its parent must exist); model folders go under ``models``."""
+    """Write a complete run to ``folder`` (its parent must exist) with the real pipeline, MMLU (first
+    item per subject) scored for the source, the target before and after when ``evaluate_roles``;
+    model folders go under ``models``."""
     from pkt_core.models.loading import load_model
-    from pkt_core.runs.reader import apply_run_to_model, open_run
-    from pkt_core.runs.writer import write_json_atomic
     from pkt_core.transfer.pipeline import run_transfer
 
     source_path, target_path = save_pair(models)
-    config = transfer_config(source_path, target_path)
-    run_folder = run_transfer(config, out_dir=folder, source=load_model(str(source_path)),
-                              target=load_model(str(target_path)))
-    if not evaluate_roles:
-        return run_folder
-    from pkt_core.evaluation.runner import EvalOptions, evaluate
-
-    run = open_run(run_folder)
-    after = load_model(str(target_path))
-    apply_run_to_model(after.model, run)
-    from pkt_core.models.loading import wrap_loaded_model
-
-    after = wrap_loaded_model(after.model, after.tokenizer, "tiny-target-after")
-    models_by_role = {"source": load_model(str(source_path)), "target_before": load_model(str(target_path)),
-                      "target_after": after}
-    evaluation = {}
-    for role, loaded in models_by_role.items():
-        result = evaluate(loaded, EvalOptions("mmlu", limit=1, batch_size=16, use_cache=False),
-                          out=run_folder / "evaluation" / "mmlu" / role)
-        evaluation[role] = {name: value for name, value in result.summary["metrics"].items()
-                            if isinstance(value, dict) and "mean" in value}
-    manifest = json.loads((run_folder / "manifest.json").read_text())
-    manifest["evaluation"] = {"mmlu": evaluation}
-    write_json_atomic(run_folder / "manifest.json", manifest)
-    return run_folder
+    config = transfer_config(source_path, target_path, eval_tasks=["mmlu"] if evaluate_roles else [], eval_limit=1)
+    return run_transfer(config, out_dir=folder, source=load_model(str(source_path)),
+                        target=load_model(str(target_path)))
 
 
 def copy_run(run: Path, runs_root: Path, name: str | None = None) -> Path:
@@ -108,9 +86,11 @@ def copy_run(run: Path, runs_root: Path, name: str | None = None) -> Path:
     destination = runs_root / (name or run.name)
     shutil.copytree(run, destination)
     if name:
-        manifest = json.loads((destination / "manifest.json").read_text())
-        manifest["run_id"] = name
-        (destination / "manifest.json").write_text(json.dumps(manifest))
+        from pkt_core.runs.schema import MANIFEST_FILE, RunManifest, read_json_record, record_json
+
+        manifest = read_json_record(RunManifest, destination / MANIFEST_FILE)
+        manifest.run_id = name
+        (destination / MANIFEST_FILE).write_text(json.dumps(record_json(manifest)))
     return destination
 
 
@@ -145,3 +125,27 @@ def texts(at) -> str:
     for kind in ("markdown", "caption", "info", "warning", "error", "success"):
         parts.extend(str(element.value) for element in getattr(at, kind))
     return "\n".join(parts)
+
+
+def edit_manifest(run: Path, edit) -> None:
+    """Change a run's manifest through the schema (read, ``edit(manifest)``, validate, write), as the
+    library's writer would: a test never leaves a manifest its readers would refuse by accident."""
+    from pkt_core.runs.schema import MANIFEST_FILE, RunManifest, parse_record, read_json_record, record_json
+    from pkt_core.runs.writer import write_json_atomic
+
+    manifest = read_json_record(RunManifest, run / MANIFEST_FILE)
+    edit(manifest)
+    write_json_atomic(run / MANIFEST_FILE, record_json(parse_record(RunManifest, record_json(manifest), MANIFEST_FILE)))
+
+
+def remove_artefacts(run: Path, *names: str) -> None:
+    """Delete files (or folders) of a run and drop them from its manifest's artefact list."""
+    for name in names:
+        path = run / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+    def drop(manifest) -> None:
+        manifest.artefacts = [a for a in manifest.artefacts
+                              if not any(a == n or a.startswith(n.rstrip("/") + "/") for n in names)]
+
+    edit_manifest(run, drop)

@@ -40,19 +40,19 @@ def _add_rbf_matrix(run):
 def test_heatmap_is_the_runs_matrix_and_each_view_switches_it(app_test, app_run):
     at = app_test("views/alignment.py")
     _, z = _heatmap(at)
-    np.testing.assert_allclose(z, _matrix(app_run, "cka_target_source_before.json"))
+    np.testing.assert_allclose(z, _matrix(app_run, "similarity_linear_cka_target_source_before.json"))
     at.radio(key="alignment_view").set_value("target_source_after").run()
     _, z_after = _heatmap(at)
-    np.testing.assert_allclose(z_after, _matrix(app_run, "cka_target_source_after.json"))
+    np.testing.assert_allclose(z_after, _matrix(app_run, "similarity_linear_cka_target_source_after.json"))
     assert not np.allclose(z, z_after)
     at.radio(key="alignment_view").set_value("target_before_after").run()
     figure, z_ba = _heatmap(at)
-    np.testing.assert_allclose(z_ba, _matrix(app_run, "cka_target_before_after.json"))
+    np.testing.assert_allclose(z_ba, _matrix(app_run, "similarity_linear_cka_target_before_after.json"))
     assert len(figure["data"]) == 1  # no layer map over a target x target matrix
     at.radio(key="alignment_view").set_value("target_source_difference").run()
     _, z_diff = _heatmap(at)
-    np.testing.assert_allclose(z_diff, _matrix(app_run, "cka_target_source_after.json")
-                               - _matrix(app_run, "cka_target_source_before.json"))
+    np.testing.assert_allclose(z_diff, _matrix(app_run, "similarity_linear_cka_target_source_after.json")
+                               - _matrix(app_run, "similarity_linear_cka_target_source_before.json"))
     assert not at.exception
 
 
@@ -80,12 +80,12 @@ def test_profiles_follow_the_matrices(app_test, app_run):
     at = app_test("views/alignment.py")
     figure = chart(at, "alignment-profile")
     traces = {trace["name"]: decode(trace["y"]) for trace in figure["data"]}
-    before = _matrix(app_run, "cka_target_source_before.json")
-    after = _matrix(app_run, "cka_target_source_after.json")
+    before = _matrix(app_run, "similarity_linear_cka_target_source_before.json")
+    after = _matrix(app_run, "similarity_linear_cka_target_source_after.json")
     np.testing.assert_allclose(traces["before: best source layer"], before.max(axis=1))
     np.testing.assert_allclose(traces["after: best source layer"], after.max(axis=1))
     np.testing.assert_allclose(traces["target before x after (same layer)"],
-                               np.diag(_matrix(app_run, "cka_target_before_after.json")))
+                               np.diag(_matrix(app_run, "similarity_linear_cka_target_before_after.json")))
 
 
 def test_only_the_measures_the_run_holds_are_offered_and_the_rest_are_named(app_test, app_run):
@@ -105,4 +105,4 @@ def test_only_the_measures_the_run_holds_are_offered_and_the_rest_are_named(app_
     assert at.radio(key="alignment_view").options == ["target x source, before transfer"]
     _, z = _heatmap(at)
     np.testing.assert_allclose(z, rbf)
-    assert not np.allclose(z, _matrix(app_run, "cka_target_source_before.json"))
+    assert not np.allclose(z, _matrix(app_run, "similarity_linear_cka_target_source_before.json"))

@@ -1,7 +1,6 @@
 """Benchmarks page: per-role metrics with intervals from each summary, per subject, and the item flips."""
 
 import json
-import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -9,7 +8,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 
-from app_fixtures import chart, decode, texts  # noqa: E402
+from app_fixtures import chart, decode, edit_manifest, remove_artefacts, texts  # noqa: E402
 
 ROLES = ("source", "target_before", "target_after")
 
@@ -84,20 +83,18 @@ def test_paired_items_show_which_items_flipped(app_test, app_run):
 
 
 def test_run_without_evaluation_says_so(app_test, app_run):
-    shutil.rmtree(app_run / "evaluation")
-    manifest = json.loads((app_run / "manifest.json").read_text())
-    del manifest["evaluation"]
-    (app_run / "manifest.json").write_text(json.dumps(manifest))
+    remove_artefacts(app_run, "evaluation")
+    edit_manifest(app_run, lambda manifest: setattr(manifest, "evaluation", {}))
     at = app_test("views/benchmarks.py")
     assert "holds no evaluation" in at.info[0].value
 
 
 def test_manifest_only_evaluation_is_shown_without_item_views(app_test, app_run):
-    shutil.rmtree(app_run / "evaluation")
+    remove_artefacts(app_run, "evaluation")
     at = app_test("views/benchmarks.py")
     manifest = json.loads((app_run / "manifest.json").read_text())
     bars = chart(at, "benchmarks-bars")["data"]
     for trace in bars:
         role = trace["name"].replace(" ", "_")
-        assert decode(trace["y"])[0] == pytest.approx(manifest["evaluation"]["mmlu"][role]["acc"]["mean"])
+        assert decode(trace["y"])[0] == pytest.approx(manifest["evaluation"]["mmlu"][role]["metrics"]["acc"]["mean"])
     assert "per-subject and per-item views need the evaluation folders" in texts(at)

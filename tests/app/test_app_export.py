@@ -79,7 +79,7 @@ def test_csv_is_the_data_drawn_and_the_caption_names_measure_and_options(app_run
     run = open_run(app_run)
     spec = alignment_page.alignment_heatmap(run, "linear_cka", "target_source_after", mapping="cka-monotone")
     frame = pd.read_csv(io.BytesIO(export.export_figure(spec, "csv")))
-    matrix = json.loads((app_run / "cka_target_source_after.json").read_text())["values"]
+    matrix = json.loads((app_run / "similarity_linear_cka_target_source_after.json").read_text())["values"]
     for row in frame.itertuples():
         assert row.value == pytest.approx(matrix[row.row_layer][row.col_layer])
     mapping = json.loads((app_run / "mappings.json").read_text())["mappings"]["cka-monotone"]["table"]
@@ -116,7 +116,7 @@ def test_the_apps_download_buttons_serve_server_made_files(app_test, app_run, de
     check_svg(made["SVG"])
     check_png(made["PNG"], 3.5, 300)
     frame = pd.read_csv(io.BytesIO(made["CSV"]))
-    matrix = json.loads((app_run / "cka_target_source_before.json").read_text())["values"]
+    matrix = json.loads((app_run / "similarity_linear_cka_target_source_before.json").read_text())["values"]
     assert frame["value"].tolist() == pytest.approx([v for row in matrix for v in row])
     assert json.loads(made["JSON"])["measure"] == "linear_cka"
 

@@ -84,15 +84,20 @@ def test_tied_head_and_embeddings_are_said_not_drawn_as_two_equal_curves(app_tes
     assert "source: output bases" in names and "source: input bases" in names
 
 
-def test_stage_losses_per_term(app_test, app_run):
+def test_stage_losses_are_drawn_per_stage_and_term(app_test, app_run):
+    """x = the frontier stage; one line per loss term; with several steps per stage (two here) the
+    first and the last step of each stage, read straight from stage_losses.parquet."""
     at = app_test("views/mapping.py")
-    table = pq.read_table(app_run / "stage_losses.parquet").to_pandas()
-    assert at.selectbox(key="mapping_loss_term").options == ["loss"] + [c for c in table.columns if c.startswith("loss_")]
+    table = pq.read_table(app_run / "stage_losses.parquet").to_pandas().sort_values(["stage_layer", "step"])
+    terms = [c for c in table.columns if c.startswith("loss_")]
     figure = chart(at, "mapping-losses")
-    for trace in figure["data"]:
-        layer = int(trace["name"].split()[-1])
-        np.testing.assert_allclose(decode(trace["y"]), table[table["stage_layer"] == layer]["loss"])
-    term = at.selectbox(key="mapping_loss_term").options[1]
-    at.selectbox(key="mapping_loss_term").set_value(term).run()
-    figure = chart(at, "mapping-losses")
-    np.testing.assert_allclose(decode(figure["data"][0]["y"]), table[table["stage_layer"] == 0][term])
+    drawn = {trace["name"]: trace for trace in figure["data"]}
+    expected_terms = (["loss"] if len(terms) > 1 else []) + terms
+    for column in expected_terms:
+        label = "total" if column == "loss" else column[len("loss_"):]
+        for which, pick in (("first step", "first"), ("last step", "last")):
+            trace = drawn[f"{label}, {which}"]
+            per_stage = table.groupby("stage_layer")[column].agg(pick)
+            np.testing.assert_array_equal(decode(trace["x"]), per_stage.index.to_numpy())
+            np.testing.assert_allclose(decode(trace["y"]), per_stage.to_numpy())
+    assert figure["layout"]["xaxis"]["title"]["text"] == "frontier stage (target layer)"

@@ -86,7 +86,7 @@ def test_one_job_at_a_time_the_second_queues_and_a_cancelled_run_stays_resumable
 
     job = _wait(training_first_stage, what="the long run to train")
     assert job.state == "running" and [s["name"] for s in job.stages][:2] == ["load_source", "load_target"]
-    pre_training = ["bases", "probe_before", "fidelity", "cka_before", "attribution", "supervision"]
+    pre_training = ["bases", "probe_before", "fidelity", "similarity_before", "attribution", "supervision"]
     assert [s["state"] for s in job.stages if s["name"] in pre_training] == ["done"] * 6
     assert isinstance(next(s for s in job.stages if s["name"] == "stage-000")["loss"], float)
     # The second job waits, and says for what.
@@ -108,7 +108,7 @@ def test_one_job_at_a_time_the_second_queues_and_a_cancelled_run_stays_resumable
     done = _wait(lambda: job_queue.get_job(short_run.id).finished and job_queue.get_job(short_run.id), what="the short run")
     assert done.state == "done", done.status.get("error")
     run = open_run(done.status["result"])
-    assert run.manifest["status"] == "complete" and run.manifest["config"]["data_file"] == str(data)
+    assert run.manifest.status == "complete" and run.manifest.config["data_file"] == str(data)
     assert all(stage["state"] == "done" and stage["done"] == stage["total"] for stage in done.stages)
     assert [s["name"] for s in done.stages][-1] == "probe_after"
 

@@ -1,14 +1,13 @@
 """Runs page: the table of runs (gains, cost, status), broken runs with reasons, explore and compare."""
 
 import json
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("streamlit")
 
-from app_fixtures import chart, copy_run, decode, texts  # noqa: E402
+from app_fixtures import chart, copy_run, decode, edit_manifest, remove_artefacts, texts  # noqa: E402
 
 TABLE_COLUMNS = {"runs_table": "gains", "broken_runs": "problem", "compare_table": ""}
 
@@ -45,12 +44,19 @@ def test_broken_runs_are_listed_with_their_reason_and_never_as_results(app_test,
     runs = isolated_pkt_home / "runs"
     (runs / "corrupt").mkdir()
     (runs / "corrupt" / "manifest.json").write_text("{not json")
-    (runs / "half.partial").mkdir()
-    (runs / "half.partial" / "manifest.json").write_text(json.dumps({"status": "cancelled"}))
+    half = copy_run(app_run, runs, "half.partial")
+
+    def cancel(manifest) -> None:
+        manifest.status, manifest.error = "cancelled", "TransferCancelled: cancelled before stage stage-001"
+
+    edit_manifest(half, cancel)
     failed = copy_run(app_run, runs, "failed-run")
-    manifest = json.loads((failed / "manifest.json").read_text())
-    manifest["status"] = "failed"
-    (failed / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(failed, lambda manifest: setattr(manifest, "status", "failed"))
+    # A manifest whose evaluation of a task is a number (not an object): named, never drawn.
+    wrong = copy_run(app_run, runs, "wrong-shape")
+    raw = json.loads((wrong / "manifest.json").read_text())
+    raw["evaluation"]["mmlu"] = 0.5
+    (wrong / "manifest.json").write_text(json.dumps(raw))
     at = app_test()
     complete = _table(at, "runs_table")
     broken = _table(at, "broken_runs")
@@ -59,22 +65,38 @@ def test_broken_runs_are_listed_with_their_reason_and_never_as_results(app_test,
     assert "manifest.json is corrupt" in reasons["corrupt"]
     assert reasons["half.partial"].startswith("cancelled") and "--resume" in reasons["half.partial"]
     assert "status is 'failed'" in reasons["failed-run"]
-    assert "3 run folder(s) are incomplete or unreadable" in at.warning[0].value
+    assert reasons["wrong-shape"].startswith("manifest.json: field evaluation.mmlu: ")
+    assert "4 run folder(s) are incomplete or unreadable" in at.warning[0].value
     # The broken runs cannot be picked for exploring.
-    assert at.sidebar.selectbox[0].options == [app_run.name + " (v1, mmlu)"]
+    assert at.sidebar.selectbox[0].options == [app_run.name + " (semalign v1, mmlu)"]
 
 
-def test_a_run_with_a_damaged_file_is_shown_as_such_on_every_page(app_test, app_run):
-    (app_run / "cka_target_source_after.json").write_text('{"values": [[0.1, ')  # truncated
-    (app_run / "fidelity.parquet").write_bytes(b"PAR1 not really parquet")
-    at = app_test("views/alignment.py")
-    assert "cka_target_source_after.json: unreadable" in texts(at)
-    # Only the views the run can still show are offered (options are the labels shown).
-    assert at.radio(key="alignment_view").options == ["target x source, before transfer",
-                                                      "target before x target after"]
-    at.switch_page("views/mapping.py").run()
-    assert not at.exception
-    assert any("fidelity.parquet is unreadable" in error.value for error in at.error)
+@pytest.mark.parametrize("damage", ["truncated similarity", "bad parquet", "truncated tensors", "missing file"])
+def test_a_complete_run_with_a_damaged_or_missing_file_is_listed_as_unreadable(app_test, app_run, damage):
+    """Marked complete but with a listed artefact damaged or gone: never drawn with wrong numbers;
+    the Runs page names the file and what is wrong, and no page shows the run."""
+    name = {"truncated similarity": "similarity_linear_cka_target_source_after.json",
+            "bad parquet": "fidelity.parquet", "truncated tensors": "probe_activations.safetensors",
+            "missing file": "mappings.json"}[damage]
+    path = app_run / name
+    if damage == "truncated similarity":
+        path.write_text('{"values": [[0.1, ')
+    elif damage == "bad parquet":
+        path.write_bytes(b"PAR1 not really parquet")
+    elif damage == "truncated tensors":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        path.unlink()
+    at = app_test()
+    broken = _table(at, "broken_runs")
+    reason = dict(zip(broken["run_id"], broken["problem"]))[app_run.name]
+    assert reason.startswith(name), reason
+    assert {"truncated similarity": "not readable JSON", "bad parquet": "not a readable Parquet table",
+            "truncated tensors": "truncated", "missing file": "listed in the manifest but missing"}[damage] in reason
+    for page in ("views/alignment.py", "views/mapping.py", "views/projections.py", "views/benchmarks.py"):
+        at.switch_page(page).run()
+        assert not at.exception
+        assert "No complete run" in texts(at)
 
 
 def test_explore_switches_to_the_run_and_two_runs_compare(app_test, isolated_pkt_home, app_run):
@@ -96,7 +118,7 @@ def test_explore_switches_to_the_run_and_two_runs_compare(app_test, isolated_pkt
     figure = chart(at, "compare-profile")
     assert {trace["name"] for trace in figure["data"]} == {app_run.name, "zz-second-run"}
     # Both runs are copies: identical profiles, each equal to the mapped CKA after transfer.
-    after = json.loads((app_run / "cka_target_source_after.json").read_text())["values"]
+    after = json.loads((app_run / "similarity_linear_cka_target_source_after.json").read_text())["values"]
     chosen = json.loads((app_run / "mappings.json").read_text())
     table = chosen["mappings"][chosen["chosen"]]["table"]
     expected = [sum(w * after[row["target_layer"]][s] for s, w in zip(row["source_layers"], row["weights"]))
@@ -119,21 +141,17 @@ def test_empty_home_says_there_are_no_runs(isolated_pkt_home):
         assert "No complete run" in texts(at)
 
 
-@pytest.mark.parametrize("missing", ["mappings.json", "probe_activations.safetensors", "cross_map.safetensors",
-                                     "everything"])
-def test_every_page_survives_a_run_missing_files(app_test, app_run, missing):
-    names = [p.name for p in app_run.iterdir() if p.name != "manifest.json"] if missing == "everything" else [missing]
-    for name in names:
-        path = app_run / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+@pytest.mark.parametrize("missing", ["probe_activations.safetensors", "cross_map.safetensors", "fidelity.parquet",
+                                     "attribution.parquet", "evaluation"])
+def test_every_page_shows_a_well_formed_run_that_lacks_a_file(app_test, app_run, missing):
+    """A run written without a piece (removed through the schema, as a run made without that stage
+    or shipped without it): every page draws what the run holds, with no exception and no error box."""
+    remove_artefacts(app_run, missing)
+    if missing == "evaluation":
+        edit_manifest(app_run, lambda manifest: setattr(manifest, "evaluation", {}))
     at = app_test()
     for page in ("views/alignment.py", "views/mapping.py", "views/projections.py", "views/benchmarks.py",
                  "views/new_run.py", "views/runs.py"):
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
-    at.switch_page("views/mapping.py").run()
-    if missing in ("mappings.json", "everything"):
-        assert any("has no" in error.value for error in at.error), [e.value for e in at.error]
+        assert not at.error, (page, [e.value for e in at.error])

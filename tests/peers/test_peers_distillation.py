@@ -39,11 +39,11 @@ def test_first_step_losses_are_the_kl_to_the_source_and_the_answer_cross_entropy
         if method == "kd":
             kl = (source_log_probs.exp() * (source_log_probs - target_log_probs)).sum(-1).mean()
             assert abs(first["loss_output_kl"] - float(kl)) < 1e-5
-            assert set(run.manifest["losses"]) == {"output_kl"}
+            assert set(run.manifest.losses) == {"output_kl"}
         else:
             ce = -target_log_probs.gather(-1, answers[:, None]).mean()
             assert abs(first["loss_answer_ce"] - float(ce)) < 1e-5
-            assert set(run.manifest["losses"]) == {"answer_ce"}
+            assert set(run.manifest.losses) == {"answer_ce"}
 
 
 def test_controls_have_semalign_s_trainable_budget(tmp_path):
@@ -62,8 +62,8 @@ def test_controls_have_semalign_s_trainable_budget(tmp_path):
         semalign = runs[("semalign", trainable)]
         for method in ("kd", "finetune"):
             run = runs[(method, trainable)]
-            assert run.manifest["trainable_parameters"] == semalign.manifest["trainable_parameters"]
-            training_stages = lambda r: sorted(s for s in r.manifest["stages"] if s.startswith("stage-"))
+            assert run.manifest.trainable_parameters == semalign.manifest.trainable_parameters
+            training_stages = lambda r: sorted(s for s in r.manifest.stages if s.startswith("stage-"))
             assert training_stages(run) == training_stages(semalign) == ["stage-000", "stage-002"]
             assert len(run.table("stage_losses.parquet")) == len(semalign.table("stage_losses.parquet"))
-            assert run.manifest["method_details"]["stages"] == [0, 2]
+            assert run.manifest.method_details["stages"] == [0, 2]

@@ -123,9 +123,9 @@ def test_the_applied_delta_touches_only_the_selected_neurons(tmp_path):
         assert changed and set(changed) <= selected[name]
         others = [j for j in range(before.shape[1]) if j not in selected[name]]
         assert torch.equal(after[name][:, others], before[:, others])
-    details = run.manifest["method_details"]
+    details = run.manifest.method_details
     assert {p["module"] for p in details["pairs"]} == {"attention", "mlp"}
     assert all(p["hypernetwork"]["input"] == 64 and p["hypernetwork"]["output"] == 32 for p in details["pairs"])
-    assert run.manifest["trainable_parameters"] == sum(p["hypernetwork"]["parameters"] for p in details["pairs"])
+    assert run.manifest.trainable_parameters == sum(p["hypernetwork"]["parameters"] for p in details["pairs"])
     locations = run.table("laten_locations.parquet")
     assert sum(r["selected"] for r in locations) == 8  # 2 per kind in each model

@@ -7,7 +7,8 @@ import torch
 from peer_pairs import addition_samples, fresh_copy, run_samples, state_copy, tiny_pair
 
 from pkt_core.cli.main import main
-from pkt_core.runs.reader import apply_run_to_model, open_run
+from pkt_core.runs.reader import open_run
+from pkt_core.transfer.pipeline import apply_run_to_model
 from pkt_core.transfer.config import TransferConfig, TransferConfigError
 from pkt_core.transfer.pipeline import run_transfer
 from pkt_core.transfer.stages import TransferCancelled
@@ -34,27 +35,31 @@ def test_complete_run_loads_back_and_its_delta_rebuilds_the_target_exactly(tmp_p
     folder = run_transfer(_config(method), out_dir=tmp_path / "run", source=source, target=target, samples=run_samples())
     run = open_run(folder)
     manifest = run.manifest
-    assert manifest["status"] == "complete" and manifest["method"] == method
-    assert manifest["paper_version"] == PAPER_VERSIONS[method]
-    assert manifest["config"]["method"] == method and manifest["method_details"]
-    assert manifest["data"]["alignment_ids"] == [s.sample_id for s in run_samples()[0]]
-    assert manifest["trainable_parameters"] > 0
-    assert manifest["cost"]["trainable_parameters"] == manifest["trainable_parameters"]
-    assert manifest["cost"]["peak_rss_mib"] > 0 and manifest["cost"]["wall_seconds"] >= 0
-    assert all("wall_seconds" in r and "peak_rss_mib" in r for r in manifest["stages"].values())
-    assert {"probe_before", "cka_before", "probe_after"} <= set(manifest["stages"])
-    assert set(manifest["losses"]) == set(manifest["config"]["losses"])
+    assert manifest.status == "complete" and manifest.method == method
+    assert manifest.paper_version == PAPER_VERSIONS[method]
+    assert manifest.config["method"] == method and manifest.method_details
+    assert manifest.data.alignment_ids == [s.sample_id for s in run_samples()[0]]
+    assert manifest.trainable_parameters > 0
+    assert manifest.cost.trainable_parameters == manifest.trainable_parameters
+    assert manifest.cost.peak_rss_mib > 0 and manifest.cost.wall_seconds >= 0
+    assert all(r.wall_seconds >= 0 and r.peak_rss_mib > 0 for r in manifest.stages.values())
+    assert {"probe_before", "similarity_before", "probe_after"} <= set(manifest.stages)
+    assert set(manifest.losses) == set(manifest.config["losses"])
     # The shared artefacts, plus the method's own tables; no SemAlign-only files.
-    shared = {"cka_target_source_before.json", "cka_target_source_after.json", "cka_target_before_after.json",
+    from pkt_core.transfer.config import DEFAULT_SIMILARITY_MEASURES
+
+    shared = {f"similarity_{measure}_{view}.json" for measure in DEFAULT_SIMILARITY_MEASURES
+              for view in ("target_source_before", "target_source_after", "target_before_after")} | {
               "probe_activations.safetensors", "stage_losses.parquet", "target_delta.safetensors"}
-    assert set(manifest["artefacts"]) == shared | METHOD_TABLES[method]
+    assert set(manifest.artefacts) == shared | METHOD_TABLES[method]
     assert not run.has("mappings.json") and not run.has("fidelity.parquet")
-    assert run.matrix("cka_target_source_before.json").shape == (3, 4)
-    assert run.matrix("cka_target_source_after.json").shape == (3, 4)
-    assert run.matrix("cka_target_before_after.json").shape == (3, 3)
+    assert run.similarity("linear_cka", "target_source_before").values.shape == (3, 4)
+    assert run.similarity("linear_cka", "target_source_after").values.shape == (3, 4)
+    assert run.similarity("linear_cka", "target_before_after").values.shape == (3, 3)
+    assert run.layer_maps is None
     assert run.tensors("probe_activations.safetensors")["target_after.layer.2"].shape == (8, 32)
     losses = run.table("stage_losses.parquet")
-    assert losses and {"stage_layer", "step", "loss", "seconds"} | {f"loss_{n}" for n in manifest["losses"]} == set(losses[0])
+    assert losses and {"stage_layer", "step", "loss", "seconds"} | {f"loss_{n}" for n in manifest.losses} == set(losses[0])
     if method in ("seeking", "laten"):
         assert {r["stage_layer"] for r in losses} == {-1} and len(losses) == 3  # 12 samples / 4 per step
     else:
@@ -110,7 +115,7 @@ def test_a_cancelled_run_resumes_to_the_uninterrupted_result(tmp_path, method, l
     source, target = tiny_pair()
     resumed = open_run(run_transfer(config, out_dir=tmp_path / "run", resume=True, source=source, target=target,
                                     samples=run_samples()))
-    assert resumed.manifest["resumes"] == 1
+    assert resumed.manifest.resumes == 1
     expected, delta = reference.weight_delta(), resumed.weight_delta()
     assert delta.keys() == expected.keys()
     assert all(torch.equal(delta[k], expected[k]) for k in expected)
@@ -143,5 +148,5 @@ def test_cli_selects_the_method(tmp_path, tiny_model_folder, method):
                  "--batch-size", "3", *budget])
     assert code == 0
     manifest = open_run(out).manifest
-    assert manifest["method"] == method and manifest["config"]["align_samples"] == 6
-    assert manifest["variant"] == ("paper" if method in ("seeking", "laten") else "control")
+    assert manifest.method == method and manifest.config["align_samples"] == 6
+    assert manifest.variant == ("paper" if method in ("seeking", "laten") else "control")

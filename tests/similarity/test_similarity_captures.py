@@ -108,7 +108,7 @@ def test_cli_writes_json_with_metadata(captures, tmp_path, capsys):
     assert main(["similarity", str(folder_a), str(folder_b), "--metric", "linear_cka", "--out", str(out)]) == 0
     document = json.loads(out.read_text())
     expected, n_common = paired_reference(a, b)
-    np.testing.assert_allclose(np.array(document["matrix"]), expected, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.array(document["values"]), expected, rtol=0, atol=1e-10)
     assert document["metric"] == "linear_cka" and document["site"] == SITE and document["kind"] == "score"
     assert document["n_rows"] == n_common and "pkt_version" in document
     assert document["form"] == "feature"  # 61 rows of width <= 12: fewer flops than 61 x 61 Gram matrices

@@ -6,7 +6,8 @@ import torch
 from transfer_fixtures import addition_samples, make_pair
 
 from pkt_core.runs.catalogue import list_runs
-from pkt_core.runs.reader import RunReadError, apply_run_to_model, open_run
+from pkt_core.runs.reader import RunReadError, open_run
+from pkt_core.transfer.pipeline import apply_run_to_model
 from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.pipeline import run_transfer
 from pkt_core.transfer.stages import TransferCancelled
@@ -31,22 +32,22 @@ def test_complete_run_holds_every_artefact(tmp_path, variant):
                           samples=_samples())
     run = open_run(folder)
     manifest = run.manifest
-    assert manifest["status"] == "complete" and manifest["variant"] == variant
-    assert manifest["paper_version"].startswith("v1" if variant == "v1" else "v2")
-    assert manifest["data"]["alignment_ids"] == [s.sample_id for s in _samples()[0]]
-    assert set(manifest["stages"]) >= {"bases", "attribution", "supervision", "stage-000", "stage-002", "probe_after"}
-    assert all("wall_seconds" in record and "peak_rss_mib" in record for record in manifest["stages"].values())
-    assert manifest["source"]["fingerprint"] and manifest["environment"]["torch"]
-    assert manifest["trainable_parameters"] > 0
+    assert manifest.status == "complete" and manifest.variant == variant
+    assert manifest.paper_version.startswith("v1" if variant == "v1" else "v2")
+    assert manifest.data.alignment_ids == [s.sample_id for s in _samples()[0]]
+    assert set(manifest.stages) >= {"bases", "attribution", "supervision", "stage-000", "stage-002", "probe_after"}
+    assert all(record.wall_seconds >= 0 and record.peak_rss_mib > 0 for record in manifest.stages.values())
+    assert manifest.source.fingerprint and manifest.environment["torch"]
+    assert manifest.trainable_parameters > 0
     attribution = run.table("attribution.parquet")
     assert len(attribution) == 4 and all(row["abs"] >= abs(row["signed"]) - 1e-9 for row in attribution)
-    mappings = run.mappings
-    assert mappings["chosen"] == manifest["config"]["mapping"]
-    assert set(mappings["mappings"]) == {"depth", "depth+critical", "interpolated", "attribution-monotone", "cka-monotone"}
+    mappings = run.layer_maps
+    assert mappings.chosen == manifest.config["mapping"]
+    assert set(mappings.mappings) == {"depth", "depth+critical", "interpolated", "attribution-monotone", "cka-monotone"}
     fidelity = run.table("fidelity.parquet")
     assert {(r["model"], r["bases"]) for r in fidelity} == {(m, b) for m in ("source", "target") for b in ("output", "input")}
-    assert run.matrix("cka_target_source_before.json").shape == (3, 4)
-    before_after = run.matrix("cka_target_before_after.json")
+    assert run.similarity("linear_cka", "target_source_before").values.shape == (3, 4)
+    before_after = run.similarity("linear_cka", "target_before_after").values
     assert before_after.shape == (3, 3) and np.all(np.diag(before_after) > 0.5)
     losses = run.table("stage_losses.parquet")
     assert len(losses) == 3 * 2
@@ -87,7 +88,7 @@ def test_cancelled_run_is_never_complete_and_resumes_to_the_same_result(tmp_path
     resumed = run_transfer(_config(), out_dir=tmp_path / "run", resume=True, source=source, target=target,
                            samples=_samples())
     manifest = open_run(resumed).manifest
-    assert manifest["resumes"] == 1
+    assert manifest.resumes == 1
     delta = open_run(resumed).weight_delta()
     expected = open_run(reference).weight_delta()
     assert delta.keys() == expected.keys()
@@ -136,8 +137,8 @@ def test_run_with_evaluation_scores_source_and_target_before_and_after(tmp_path)
     folder = run_transfer(_config(eval_tasks=["mmlu"], eval_limit=1, stages=[0], steps_per_stage=1), out_dir=tmp_path / "run",
                           source=source, target=target, samples=_samples())
     run = open_run(folder)
-    evaluation = run.manifest["evaluation"]["mmlu"]
-    assert set(evaluation) == {"source", "target_before", "target_after", "comparison_target_before_after"}
+    evaluation = run.manifest.evaluation["mmlu"]
+    assert all(evaluation.role(role) is not None for role in ("source", "target_before", "target_after"))
     for role in ("source", "target_before", "target_after"):
         items = read_items(folder / "evaluation" / "mmlu" / role)
         assert len(items) == 57  # one item per subject
@@ -149,4 +150,5 @@ def test_run_with_evaluation_scores_source_and_target_before_and_after(tmp_path)
     before_items = read_items(folder / "evaluation" / "mmlu" / "target_before").set_index("item_id")
     after_items = read_items(folder / "evaluation" / "mmlu" / "target_after").set_index("item_id")
     flips = int(((before_items["score"] == 1) & (after_items["score"] == 0)).sum())
-    assert evaluation["comparison_target_before_after"]["right_to_wrong"] == flips
+    assert evaluation.comparison_target_before_after.right_to_wrong == flips
+    assert run.comparison("mmlu").right_to_wrong == flips

@@ -2,7 +2,6 @@
 float64 references, every loss zero at its supervision, refusals, and whole runs on a tiny pair
 whose source tokenizer merges byte pairs the target's does not."""
 
-import json
 
 import numpy as np
 import pytest
@@ -144,14 +143,13 @@ def test_a_run_across_tokenizers_completes_and_records_how_it_aligned(tmp_path, 
                           source=source, target=target, samples=_samples())
     run = open_run(folder)
     manifest = run.manifest
-    assert manifest["status"] == "complete"
-    assert manifest["alignment_level"]["level"] == "sequence" and "extension" in manifest["alignment_level"]["note"]
-    assert manifest["semantic_bases"]["columns"].startswith("259 shared token strings")
-    assert manifest["vocabulary"]["identical"] is False
-    cka = open_run(folder).matrix("cka_target_source_before.json")
-    assert cka.shape == (3, 4)
-    record = json.loads((folder / "cka_target_source_before.json").read_text())
-    assert record["rows"].startswith("probe sequence means") and record["n_rows"] == 8
+    assert manifest.status == "complete"
+    assert manifest.alignment_level.level == "sequence" and "extension" in manifest.alignment_level.note
+    assert manifest.semantic_bases["columns"].startswith("259 shared token strings")
+    assert manifest.vocabulary["identical"] is False
+    cka = run.similarity("linear_cka", "target_source_before")
+    assert cka.values.shape == (3, 4)
+    assert cka.record.rows.startswith("probe sequence means") and cka.record.n_rows == 8
     losses = run.table("stage_losses.parquet")
     for layer in range(3):
         steps = [row["loss"] for row in losses if row["stage_layer"] == layer]
