@@ -291,6 +291,8 @@ class RunManifest(Record):
     precision: dict[str, Any] | None = None  # the precision policy the run resolved (compute dtype, autocast, ...)
     # "<measure> <view>" -> why the run holds no such matrix (e.g. too few probe rows for the measure).
     similarity_skipped: dict[str, str] = Field(default_factory=dict)
+    # What was added to the complete run afterwards, without retraining (when, which files, by which code).
+    amendments: list[dict[str, Any]] = Field(default_factory=list)
     weights_delta: WeightDelta | None = None
     wall_seconds: float | None = None
     trainable_parameters: int | None = None

@@ -228,3 +228,34 @@ class RunWriter:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class RunAmender:
+    """Adds files to a complete run in place (what can be computed afterwards without retraining,
+    e.g. more similarity measures from captures of the untouched models), through the schema.
+
+    Each file is written atomically; the manifest (with the new files in its artefact list) is
+    validated and written last, so a stop halfway leaves a run that is still complete and lists
+    only what it had. ``record`` notes what was added, by which code, in ``manifest.amendments``.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_json_record(RunManifest, self.folder / MANIFEST_FILE)
+        if self.manifest.status != "complete":
+            raise RunStoreError(f"{self.folder} is not a complete run ({self.manifest.status}); finish or resume it first")
+        self.added: list[str] = []
+
+    def save_similarity(self, record: SimilarityMatrixFile) -> str:
+        name = similarity_file_name(record.metric, record.view)
+        write_json_atomic(self.folder / name, record_json(record))
+        self.added.append(name)
+        return name
+
+    def commit(self, what: str, details: dict | None = None) -> None:
+        self.manifest.artefacts = sorted(set(self.manifest.artefacts) | set(self.added))
+        self.manifest.amendments.append({"at": _now(), "what": what, "files": sorted(self.added),
+                                         "provenance": provenance_record(), **(details or {})})
+        payload = record_json(self.manifest)
+        parse_record(RunManifest, json.loads(json.dumps(payload, default=_json_default)), MANIFEST_FILE)
+        write_json_atomic(self.folder / MANIFEST_FILE, payload)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pkt_core.activation_store import CapturedRows, ShardWriter
+from pkt_core.capture.activation_store import CapturedRows, ShardWriter
 from pkt_core.cli import main
 from pkt_core.errors import ActivationStoreError, SimilarityInputError
 from pkt_core.similarity.captures import compare_captures, pair_rows
