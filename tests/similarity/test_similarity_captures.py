@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from pkt_core.capture.activation_store import CapturedRows, ShardWriter
-from pkt_core.cli import main
+from pkt_core.cli.main import main
 from pkt_core.errors import ActivationStoreError, SimilarityInputError
 from pkt_core.similarity.captures import compare_captures, pair_rows
 from pkt_core.similarity.files import read_matrix_file, write_matrix_file
-from pkt_core.similarity_cli import add_similarity_parser, run_similarity_command
+from pkt_core.cli.similarity import add_similarity_parser, run_similarity_command
 
 SITE = "resid_post"
 
