@@ -49,6 +49,8 @@ def _child(repeats: int) -> None:
     at.switch_page("views/alignment.py").run()
     alignment_first = time.perf_counter() - t
     assert not at.exception, at.exception
+    # Time a page that drew: a heatmap must be on it (an error page would time nothing useful).
+    _require_heatmap(at)
     # Cycle the views: the first pass reads each matrix once; later passes hit the cache.
     radio_values = _view_values(at)
     first_switch, repeat_switch = [], []
@@ -58,9 +60,18 @@ def _child(repeats: int) -> None:
             at.radio(key="alignment_view").set_value(value).run()
             (first_switch if attempt == 0 else repeat_switch).append(time.perf_counter() - t)
             assert not at.exception, at.exception
-    print(json.dumps({"first_render_script_s": first_render, "first_render_done_wall": finished_wall,
+            _require_heatmap(at)
+    print(json.dumps({"run": at.session_state["current_run"], "first_render_script_s": first_render, "first_render_done_wall": finished_wall,
                       "rerender_s": rerender, "alignment_first_s": alignment_first, "views": len(radio_values),
                       "switch_first_s": first_switch, "switch_repeat_s": repeat_switch}))
+
+
+def _require_heatmap(at) -> None:
+    charts = [json.loads(element.proto.spec) for element in at.get("plotly_chart")
+              if element.proto.id.endswith("alignment-heatmap-chart")]
+    if not charts or not any(trace.get("type") == "heatmap" for trace in charts[0]["data"]):
+        raise SystemExit(f"the Layer alignment page drew no heatmap (errors: {[e.value for e in at.error]}); "
+                         "nothing to time")
 
 
 def _view_values(at) -> list[str]:
@@ -123,6 +134,7 @@ def main() -> int:
     switch_first = statistics.median(timings["switch_first_s"])
     switch_repeat = statistics.median(timings["switch_repeat_s"])
     runs = f"{len(listed)} listed run(s)" if listed is not None else f"tiny run x {max(1, args.copies)}"
+    runs += f"; heatmaps timed on {Path(timings['run']).name}"
     print(f"app benchmark on {runs}; {os.cpu_count()} CPU(s)")
     print(f"Runs page, first render from a fresh process: {cold:.2f} s  (goal {GOAL_FIRST_RENDER_S} s, "
           f"ratio {cold / GOAL_FIRST_RENDER_S:.2f})")

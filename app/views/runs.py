@@ -58,6 +58,11 @@ with left:
     chosen = st.selectbox("Run to explore", folders, format_func=labels.get, key="explore_pick",
                           index=folders.index(st.session_state[studio.CURRENT_RUN])
                           if st.session_state.get(studio.CURRENT_RUN) in folders else 0)
+    from pkt_core.figures.runs_page import gain_lines
+
+    chosen_manifest = studio.open_current(chosen).manifest
+    for line in gain_lines(chosen_manifest):
+        st.caption(f"{chosen_manifest.run_id}: {line}")
     if st.button("Explore this run", key="explore_button", on_click=_explore, args=(chosen,), type="primary"):
         st.switch_page("views/alignment.py")
 with right:

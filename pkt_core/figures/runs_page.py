@@ -70,6 +70,19 @@ def run_gains(manifest: RunManifest) -> list[TaskGain]:
     return gains
 
 
+def gain_lines(manifest: RunManifest) -> list[str]:
+    """One line per evaluated task: 'mmlu acc: target 0.267 -> 0.284 (gain +0.018); source 0.495'."""
+    lines = []
+    for gain in run_gains(manifest):
+        line = f"{gain.task} {gain.metric}: target {interval_text(gain.before)} -> {interval_text(gain.after)}"
+        if gain.gain is not None:
+            line += f" (gain {gain.gain:+.3f})"
+        if gain.source is not None:
+            line += f"; source {interval_text(gain.source)}"
+        lines.append(line)
+    return lines or ["not evaluated: no before/after behaviour to show"]
+
+
 def _peak(manifest: RunManifest, key: str) -> float | None:
     values = [getattr(record, key) for record in manifest.stages.values() if getattr(record, key) is not None]
     return max(values) if values else None

@@ -314,6 +314,10 @@ class RunManifest(Record):
     def complete(self) -> bool:
         return self.status == "complete"
 
+    def similarity_skipped_measures(self, view: str = "target_source_before") -> list[str]:
+        """Measures the run left out for ``view`` (too few rows for them), from ``similarity_skipped``."""
+        return [key.split(" ")[0] for key in self.similarity_skipped if key.endswith(" " + view)]
+
     @property
     def across_tokenizers(self) -> bool:
         return self.alignment_level is not None and self.alignment_level.level == "sequence"

@@ -20,6 +20,7 @@ import pytest
 from app_fixtures import APP
 
 CHROMIUM = "/usr/bin/chromium"
+SHIPPED = Path(__file__).resolve().parents[2] / "cached_runs"
 PAGES = [("", "Runs"), ("alignment", "Layer alignment"), ("mapping", "Layer mapping"),
          ("projections", "Projections"), ("benchmarks", "Benchmarks"), ("new_run", "New run")]
 
@@ -34,6 +35,16 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(app_run, isolated_pkt_home):
+    yield from _serve(isolated_pkt_home, dict(os.environ))
+
+
+@pytest.fixture
+def shipped_server(isolated_pkt_home):
+    """The app on the repository's cached_runs/, as a fresh clone opens it."""
+    yield from _serve(isolated_pkt_home, {**os.environ, "PKT_CACHED_RUNS": str(SHIPPED)})
+
+
+def _serve(isolated_pkt_home, environment):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     pytest.importorskip("playwright", reason="the playwright package is missing (pip install playwright)")
@@ -44,7 +55,7 @@ def server(app_run, isolated_pkt_home):
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "streamlit"), "run", APP, "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PKT_JOBS_IDLE_EXIT": "1"},
+        stdout=log, stderr=subprocess.STDOUT, env={**environment, "PKT_JOBS_IDLE_EXIT": "1"},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -103,3 +114,38 @@ def test_every_page_renders_in_chromium_without_exceptions(server, tmp_path):
         finally:
             browser.close()
     assert len(list(shots.glob("*.png"))) >= len(PAGES)
+
+
+def test_the_runs_page_on_the_shipped_runs_shows_the_gain_the_items_give(shipped_server):
+    """In Chromium, on cached_runs/: the run the app opens on, and its gain as the Runs page shows
+    it, equal to the mean item score after minus before read here from its items.parquet."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from playwright.sync_api import sync_playwright
+
+    from pkt_core.runs.catalogue import list_runs
+
+    shipped = [listing for listing in list_runs([SHIPPED]) if listing.complete]
+    if not shipped:
+        pytest.skip("cached_runs/ holds no run")
+    opened = max((l for l in shipped if l.manifest.method == "semalign"), key=lambda l: l.manifest.created_at)
+    task = next(iter(opened.manifest.evaluation))
+    means = {role: float(np.mean(pq.read_table(opened.path / "evaluation" / task / role / "items.parquet")
+                                 .column("score").to_pylist())) for role in ("target_before", "target_after")}
+    expected = f"(gain {means['target_after'] - means['target_before']:+.3f})"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(shipped_server, wait_until="domcontentloaded")
+            page.get_by_role("heading", name="Runs").first.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+            caption = page.get_by_text(f"{task} ", exact=False).filter(has_text="(gain ").first
+            caption.wait_for(timeout=60_000)
+            assert expected in caption.inner_text(), (expected, caption.inner_text())
+            assert caption.inner_text().startswith(f"{opened.run_id}: "), caption.inner_text()
+            assert page.locator('[data-testid="stException"]').count() == 0
+        finally:
+            browser.close()
