@@ -56,7 +56,10 @@ def add_eval_parser(subcommands) -> None:
 
 
 def add_eval_option_flags(parser, prefix: str = "") -> None:
-    """The formulation flags, shared by ``pkt eval`` and ``pkt transfer`` (there with ``prefix="eval-"``)."""
+    """The formulation flags, shared by ``pkt eval`` and ``pkt transfer`` (there with ``prefix="eval-"``,
+    which also adds ``--eval-shots``; ``pkt eval`` has its own ``--shots`` for every task)."""
+    if prefix:
+        parser.add_argument(f"--{prefix}shots", type=int, choices=[0, 5], help="choice tasks: few-shot examples")
     parser.add_argument(f"--{prefix}formulation", choices=["mc", "rc"],
                         help="choice tasks: mc = answer letters (lm-eval mmlu), rc = cloze, the answer texts scored "
                              "as continuations, per-character normalised (mmlu_continuation, OLMES); default mc for "

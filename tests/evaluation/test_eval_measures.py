@@ -108,6 +108,20 @@ def test_settings_carry_formulation_to_choice_tasks_only():
         EvalSettings.from_dict({"formulations": "rc"})
 
 
+def test_transfer_flags_give_the_settings_a_transfer_config_carries():
+    import argparse
+
+    from pkt_core.cli.evaluate import add_eval_option_flags, eval_settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_eval_option_flags(parser, prefix="eval-")
+    args = parser.parse_args(["--eval-formulation", "mc", "--eval-shots", "5", "--eval-circular",
+                              "--eval-prior-items", "20", "--eval-no-generate", "--eval-sample", "100"])
+    assert eval_settings_from_args(args, prefix="eval-") == EvalSettings(
+        formulation="mc", shots=5, circular=True, prior_items=20, generate=False, sample=100)
+    assert eval_settings_from_args(parser.parse_args([]), prefix="eval-") == EvalSettings()
+
+
 def test_pkt_eval_prints_formulation_letters_and_paired_measures(tmp_path, capsys):
     folders = {}
     for seed in (0, 1):
