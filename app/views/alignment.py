@@ -39,26 +39,52 @@ if lacking:
 for key, why in run.manifest.similarity_skipped.items():
     st.caption(f"Left out by the run: {key}: {why}")
 
-left, middle, right = st.columns([2, 3, 2])
-with left:
-    metric = st.selectbox("Measure", sorted(measures), key="alignment_measure", help=None)
-    st.caption(measure_description(metric))
-views = views_for(measures, metric)
-with middle:
-    view = st.radio("View", views, format_func=VIEW_TITLES.get, key="alignment_view", horizontal=True)
-with right:
+CKA_FAMILY = ("linear_cka", "linear_cka_unbiased", "rbf_cka", "rbf_cka_unbiased")
+CCA_FAMILY = ("svcca", "pwcca", "mean_cca")
+held = sorted(measures)
+left_options = [m for m in held if m in CKA_FAMILY] or held
+right_options = [m for m in held if m not in CKA_FAMILY]
+right_default = next((m for m in CCA_FAMILY if m in right_options), right_options[0] if right_options else None)
+
+top_left, top_right = st.columns([3, 2])
+with top_right:
     maps = layer_map_names(run)
     chosen = run.layer_maps.chosen if run.layer_maps is not None else (PEER_PAIRING if maps else None)
     overlay_options = (["chosen", *[m for m in maps if m != chosen], "none"]) if maps else ["none"]
-    overlay = st.selectbox("Layer map drawn over it", overlay_options, key="alignment_overlay",
+    overlay = st.selectbox("Layer map drawn over them", overlay_options, key="alignment_overlay",
                            format_func=lambda m: f"{chosen} (used for training)" if m == "chosen" else m,
-                           disabled=view == "target_before_after" or not maps)
+                           disabled=not maps)
     if not maps:
         st.caption(f"{run.manifest.method} pairs no layers: it trains every target layer against the source's "
                    "outputs, so there is no layer map to draw.")
-
-spec = studio.cached_spec("alignment_heatmap", folder, metric, view, None if overlay == "none" else overlay)
-studio.show_figure(spec, "alignment-heatmap", height=520)
+left, right = st.columns(2)
+with left:
+    metric = st.selectbox("Measure (CKA family)", left_options, key="alignment_measure",
+                          index=left_options.index("linear_cka") if "linear_cka" in left_options else 0)
+    st.caption(measure_description(metric))
+views = views_for(measures, metric)
+with top_left:
+    view = st.radio("View", views, format_func=VIEW_TITLES.get, key="alignment_view", horizontal=True)
+overlay_for_view = None if overlay == "none" or view == "target_before_after" else overlay
+with left:
+    spec = studio.cached_spec("alignment_heatmap", folder, metric, view, overlay_for_view)
+    studio.show_figure(spec, "alignment-heatmap", height=480)
+with right:
+    if right_default is None:
+        st.selectbox("Measure (CCA family and others)", ["none in this run"], key="alignment_measure_right",
+                     disabled=True)
+        st.info("This run holds no CCA-family matrix (format-1 runs held linear CKA only); see the measures "
+                "not in this run above.")
+    else:
+        right_metric = st.selectbox("Measure (CCA family and others)", right_options, key="alignment_measure_right",
+                                    index=right_options.index(right_default))
+        st.caption(measure_description(right_metric))
+        if view in views_for(measures, right_metric):
+            right_spec = studio.cached_spec("alignment_heatmap", folder, right_metric, view, overlay_for_view)
+            studio.show_figure(right_spec, "alignment-heatmap-right", height=480)
+        else:
+            st.info(f"This run holds no {right_metric} matrix for this view "
+                    f"({VIEW_TITLES[view]}); it has: {', '.join(VIEW_TITLES[v] for v in views_for(measures, right_metric))}.")
 if view == DIFFERENCE_VIEW:
     st.caption("After minus before, per cell (purple: lower after transfer; orange: higher).")
 

@@ -21,22 +21,6 @@ def _heatmap(at):
     return figure, decode(heat["z"])
 
 
-def _add_rbf_matrix(run):
-    """A second measure, as a run would hold it: RBF CKA of the pooled probe states (library code)."""
-    from safetensors.numpy import load_file
-
-    from pkt_core.similarity import layer_similarity_matrix
-
-    pooled = load_file(str(run / "probe_activations.safetensors"))
-    target = [pooled[f"target_before.layer.{l}"].astype(np.float64) for l in range(3)]
-    source = [pooled[f"source.layer.{l}"].astype(np.float64) for l in range(4)]
-    matrix = layer_similarity_matrix(target, source, "rbf_cka")
-    payload = {"metric": matrix.metric, "values": matrix.values.tolist(), "n_rows": int(matrix.n_rows),
-               "notes": list(matrix.notes), "rows": "pooled probe prompts"}
-    (run / "similarity_rbf_cka_target_source_before.json").write_text(json.dumps(payload))
-    return matrix.values
-
-
 def test_heatmap_is_the_runs_matrix_and_each_view_switches_it(app_test, app_run):
     at = app_test("views/alignment.py")
     _, z = _heatmap(at)
@@ -88,21 +72,39 @@ def test_profiles_follow_the_matrices(app_test, app_run):
                                np.diag(_matrix(app_run, "similarity_linear_cka_target_before_after.json")))
 
 
-def test_only_the_measures_the_run_holds_are_offered_and_the_rest_are_named(app_test, app_run):
-    at = app_test("views/alignment.py")
-    assert at.selectbox(key="alignment_measure").options == ["linear_cka"]
-    shown = texts(at)
-    for lacking in ("linear_cka_unbiased", "rbf_cka", "svcca", "pwcca", "mean_cca"):
-        assert lacking in shown
-    assert "position 0" in shown and "dropped" in shown  # the outlier handling note
+def _held(run) -> set[str]:
+    """Measures with a before-transfer matrix in the run folder, from the file names alone."""
+    prefix, suffix = "similarity_", "_target_source_before.json"
+    return {p.name[len(prefix):-len(suffix)] for p in run.glob(prefix + "*" + suffix)}
 
-    rbf = _add_rbf_matrix(app_run)
-    at.run()
-    assert at.selectbox(key="alignment_measure").options == ["linear_cka", "rbf_cka"]
-    at.selectbox(key="alignment_measure").set_value("rbf_cka").run()
+
+def test_cka_and_cca_side_by_side_from_the_measures_the_run_holds(app_test, app_run):
+    at = app_test("views/alignment.py")
+    held = _held(app_run)
+    assert {"linear_cka", "svcca", "pwcca", "mean_cca"} <= held
+    left, right = at.selectbox(key="alignment_measure"), at.selectbox(key="alignment_measure_right")
+    assert set(left.options) | set(right.options) == held and not set(left.options) & set(right.options)
+    assert left.value == "linear_cka" and right.value == "svcca"
+    right_heat = next(trace for trace in chart(at, "alignment-heatmap-right")["data"] if trace["type"] == "heatmap")
+    np.testing.assert_allclose(decode(right_heat["z"]), _matrix(app_run, "similarity_svcca_target_source_before.json"))
+    assert "principal directions" in texts(at)  # the subspace it ran on, said under the figure
+    # Not a CCA that is 1 by construction: the run's SVCCA on its stated principal subspace.
+    record = json.loads((app_run / "similarity_svcca_target_source_before.json").read_text())
+    assert record["subspace"]["k"] * 10 <= record["n_rows"] and max(map(max, record["values"])) < 1 - 1e-6
+    assert "position 0" in texts(at) and "dropped" in texts(at)  # the outlier handling note
+
+
+def test_a_measure_the_run_lacks_is_named_and_one_view_only_offers_that_view(app_test, app_run):
+    from app_fixtures import remove_artefacts
+
+    remove_artefacts(app_run, *[f"similarity_pwcca_{v}.json" for v in ("target_source_before", "target_source_after",
+                                                                      "target_before_after")],
+                     "similarity_mean_cca_target_source_after.json", "similarity_mean_cca_target_before_after.json")
+    at = app_test("views/alignment.py")
+    assert "pwcca" not in at.selectbox(key="alignment_measure_right").options
+    assert "Not in this run: " in texts(at) and "pwcca" in texts(at)
+    at.selectbox(key="alignment_measure").set_value("linear_cka").run()
+    at.selectbox(key="alignment_measure_right").set_value("mean_cca").run()
+    at.radio(key="alignment_view").set_value("target_source_after").run()
     assert not at.exception
-    # This run holds rbf_cka for one view only: only that view is offered, and its data is drawn.
-    assert at.radio(key="alignment_view").options == ["target x source, before transfer"]
-    _, z = _heatmap(at)
-    np.testing.assert_allclose(z, rbf)
-    assert not np.allclose(z, _matrix(app_run, "similarity_linear_cka_target_source_before.json"))
+    assert "holds no mean_cca matrix for this view" in texts(at)
