@@ -60,6 +60,7 @@ def add_eval_option_flags(parser, prefix: str = "") -> None:
     which also adds ``--eval-shots``; ``pkt eval`` has its own ``--shots`` for every task)."""
     if prefix:
         parser.add_argument(f"--{prefix}shots", type=int, choices=[0, 5], help="choice tasks: few-shot examples")
+        parser.add_argument(f"--{prefix}seed", type=int, default=0, help="seed of --eval-sample")
     parser.add_argument(f"--{prefix}formulation", choices=["mc", "rc"],
                         help="choice tasks: mc = answer letters (lm-eval mmlu), rc = cloze, the answer texts scored "
                              "as continuations, per-character normalised (mmlu_continuation, OLMES); default mc for "
@@ -83,7 +84,8 @@ def eval_settings_from_args(args: argparse.Namespace, prefix: str = ""):
     return EvalSettings(formulation=getattr(args, f"{name}formulation"), shots=getattr(args, f"{name}shots", None),
                         circular=getattr(args, f"{name}circular"), prior_items=getattr(args, f"{name}prior_items"),
                         generate=not getattr(args, f"{name}no_generate"), sample=getattr(args, f"{name}sample"),
-                        seed=getattr(args, "seed", 0))
+                        # pkt eval's --seed seeds its sample; a transfer's --seed is its training seed.
+                        seed=getattr(args, f"{name}seed", 0) if prefix else getattr(args, "seed", 0))
 
 
 def _progress_bars():

@@ -116,9 +116,9 @@ def test_transfer_flags_give_the_settings_a_transfer_config_carries():
     parser = argparse.ArgumentParser()
     add_eval_option_flags(parser, prefix="eval-")
     args = parser.parse_args(["--eval-formulation", "mc", "--eval-shots", "5", "--eval-circular",
-                              "--eval-prior-items", "20", "--eval-no-generate", "--eval-sample", "100"])
+                              "--eval-prior-items", "20", "--eval-no-generate", "--eval-sample", "100", "--eval-seed", "3"])
     assert eval_settings_from_args(args, prefix="eval-") == EvalSettings(
-        formulation="mc", shots=5, circular=True, prior_items=20, generate=False, sample=100)
+        formulation="mc", shots=5, circular=True, prior_items=20, generate=False, sample=100, seed=3)
     assert eval_settings_from_args(parser.parse_args([]), prefix="eval-") == EvalSettings()
 
 
