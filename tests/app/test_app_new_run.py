@@ -149,10 +149,13 @@ def test_new_run_page_submits_to_the_worker_follows_progress_and_the_run_appears
     at.number_input(key="new_steps").set_value(1)
     at.number_input(key="new_max_tokens").set_value(16)
     at.text_input(key="new_stages").set_value("0-1")
+    at.multiselect(key="new_eval_tasks").set_value([]).run()  # this test follows training, not scoring
+    assert "No evaluation" in texts(at)
     at.button(key="new_submit").click().run()
     assert not at.exception
     assert "Submitted" in at.success[0].value
     [job] = job_queue.list_jobs()
+    assert job.params["config"]["eval_tasks"] == [] and job.params["config"]["eval_limit"] is None
     assert job.params["config"]["stages"] == [0, 1] and job.params["config"]["steps_per_stage"] == 1
     reap.append(job_queue.ensure_worker())  # the page started one already: this finds it working
     done = _wait(lambda: job_queue.get_job(job.id).finished and job_queue.get_job(job.id), what="the page's run")
@@ -217,3 +220,41 @@ def test_the_page_lists_the_models_the_worker_holds_and_unloads_them(pair_and_da
     assert any("Loaded in the worker" in c.value and "qwen-coder-1.5b" in c.value for c in at.caption)
     at.button(key="unload_models").click().run()
     assert (job_queue.jobs_dir() / job_queue.UNLOAD).exists()
+
+
+def test_new_run_asks_for_an_evaluation_and_estimates_its_cost_from_measured_rates(pair_and_data, monkeypatch,
+                                                                                    isolated_pkt_home):
+    """The evaluation the run will do (tasks, items) goes into the job; the page's estimate is the
+    items times the seconds per item an earlier run of the same models measured."""
+    from streamlit.testing.v1 import AppTest
+
+    from pkt_core.runs.schema import StageCost
+
+    monkeypatch.setattr(job_queue, "ensure_worker", lambda *a, **k: None)
+    (source, target), data = pair_and_data
+    # An earlier run of this pair that scored MMLU: 57 items per role at 2, 1 and 1 s per item.
+    from run_builders import write_full_run
+
+    earlier, _ = write_full_run(isolated_pkt_home / "runs" / "earlier")
+    from app_fixtures import edit_manifest
+
+    def measured(manifest) -> None:
+        manifest.source.name, manifest.target.name = str(source), str(target)
+        evaluation = manifest.evaluation["mmlu"]
+        for role, seconds in (("source", 114.0), ("target_before", 57.0), ("target_after", 57.0)):
+            manifest.stages[f"eval-mmlu-{role}"] = StageCost(wall_seconds=seconds)
+            setattr(evaluation, role, getattr(evaluation, role).model_copy(update={"items": 57}))
+
+    edit_manifest(earlier, measured)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("views/new_run.py").run()
+    at.radio(key="new_who").set_value("your own models").run()
+    at.text_input(key="new_source").set_value(str(source))
+    at.text_input(key="new_target").set_value(str(target)).run()
+    assert at.multiselect(key="new_eval_tasks").value == ["mmlu"]
+    at.number_input(key="new_eval_limit").set_value(2).run()  # 2 per subject: 114 items
+    # 114 items x (2 + 1 + 1) s = 456 s.
+    assert "**mmlu**: 114 items, about 7 min 36 s for the three models" in texts(at)
+    at.button(key="new_submit").click().run()
+    [job] = job_queue.list_jobs()
+    assert job.params["config"]["eval_tasks"] == ["mmlu"] and job.params["config"]["eval_limit"] == 2
