@@ -348,6 +348,7 @@ class SimilarityMatrixFile(OpenRecord):
     options: dict[str, Any] = Field(default_factory=dict)
     # CCA family: the principal subspace it ran on (k, variance kept per layer, the rule).
     subspace: dict[str, Any] | None = None
+    seconds: float | None = None  # wall time of computing this matrix (its cost within the run)
 
     @field_validator("values")
     @classmethod

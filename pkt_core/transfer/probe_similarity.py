@@ -12,6 +12,7 @@ the probe sequences' means across tokenizers).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,6 +65,7 @@ def probe_similarity_records(
     skipped: dict[str, str] = {}
     subspace = None
     for metric in measures:
+        started = time.perf_counter()  # the first CCA measure also pays for the shared projection
         inputs_a, inputs_b, extra_notes, details = layers_a, layers_b, [], {}
         if metric in CCA_FAMILY:
             if subspace is None:
@@ -96,6 +98,7 @@ def probe_similarity_records(
             metric=metric, view=view, values=np.asarray(matrix.values, dtype=np.float64).tolist(),
             n_rows=int(matrix.n_rows), notes=extra_notes + list(matrix.notes), rows=rows, kind=measure.kind.value,
             dims_rows=[layer.shape[1] for layer in layers_a], dims_columns=[layer.shape[1] for layer in layers_b],
-            options=dict(getattr(matrix, "options", {}) or {}), **details,
+            options=dict(getattr(matrix, "options", {}) or {}), seconds=round(time.perf_counter() - started, 3),
+            **details,
         ))
     return records, skipped
