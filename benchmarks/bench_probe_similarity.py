@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pkt_core.transfer.probe_similarity import PROBE_MEASURES, probe_similarity_records  # noqa: E402
+from pkt_core.transfer.probe_similarity import probe_similarity_records  # noqa: E402
 
 
 def main() -> int:
