@@ -55,9 +55,12 @@ def _explore(folder: str) -> None:
 left, right = st.columns(2)
 with left:
     st.subheader("Explore")
-    chosen = st.selectbox("Run to explore", folders, format_func=labels.get, key="explore_pick",
-                          index=folders.index(st.session_state[studio.CURRENT_RUN])
-                          if st.session_state.get(studio.CURRENT_RUN) in folders else 0)
+    current = st.session_state.get(studio.CURRENT_RUN)
+    if current in folders and st.session_state.get("_explore_follows") != current:
+        # The picker follows the run chosen in the sidebar (until the user picks another here).
+        st.session_state["explore_pick"] = current
+        st.session_state["_explore_follows"] = current
+    chosen = st.selectbox("Run to explore", folders, format_func=labels.get, key="explore_pick")
     from pkt_core.figures.runs_page import gain_lines
 
     chosen_manifest = studio.open_current(chosen).manifest

@@ -163,13 +163,17 @@ def seeking_sensitivity_bars(run: Run) -> FigureSpec:
 
 
 def laten_location_bars(run: Run) -> FigureSpec:
-    """LaTen: the logit-lens gain of every sublayer of both models; the located ones are paired."""
-    table = run.table_frame("laten_locations.parquet")
-    data = pd.DataFrame({"layer": table["layer"].astype(int), "lens_gain": table["lens_gain"],
-                         "series": [f"{m}: {mod}" + (" (located)" if s else "")
-                                    for m, mod, s in zip(table["model"], table["module"], table["selected"])]})
+    """LaTen: the logit-lens gain of every sublayer of both models, one line per model and module
+    over the layers; the located sublayers (the ones LaTen pairs) are listed under the figure."""
+    table = run.table_frame("laten_locations.parquet").sort_values(["model", "module", "layer"])
+    data = pd.DataFrame({"layer": table["layer"].astype(int), "lens_gain": table["lens_gain"].astype(float),
+                         "series": [f"{m}: {mod}" for m, mod in zip(table["model"], table["module"])],
+                         "located": table["selected"].astype(bool)})
+    notes = []
+    for (model, module), group in table[table["selected"]].groupby(["model", "module"]):
+        notes.append(f"located {model} {module} layers: {', '.join(str(int(l)) for l in sorted(group['layer']))}")
     caption = {"run_id": run.run_id, "measure": "logit-lens gain per sublayer (LaTen)",
                "located": int(table["selected"].sum())}
-    return FigureSpec("laten-locations", "bars", "logit-lens gain per sublayer (located ones are paired)", data,
-                      caption, {"x": "layer", "y": "lens_gain", "series": "series", "x_label": "layer",
-                                "y_label": "log p(answer) gain"})
+    return FigureSpec("laten-locations", "lines", "logit-lens gain per sublayer", data, caption,
+                      {"x": "layer", "y": "lens_gain", "series": "series", "x_label": "layer",
+                       "y_label": "log p(answer) gain"}, notes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pkt_core.figures.render_plotly import _bipartite_positions, _series_colours
+from pkt_core.figures.render_plotly import PANEL_STEP, _bipartite_positions, _series_colours, bipartite_panels
 from pkt_core.figures.spec import (
     PAPER,
     ROLE_COLOURS,
@@ -123,33 +123,31 @@ def _draw(axes, figure, spec: FigureSpec, preset: PaperPreset) -> None:
         axes.set_ylabel(enc.get("y_label", ""))
     elif spec.kind == "bipartite":
         source_y, target_y = _bipartite_positions(enc)
-        maps = list(dict.fromkeys(data["map"]))
+        maps = bipartite_panels(spec)
         colours = {name: preset.palette[i % len(preset.palette)] for i, name in enumerate(maps)}
-        for index, name in enumerate(maps):
-            offset = (index - (len(maps) - 1) / 2) * 0.012
-            group = data[data["map"] == name]
-            for n, row in enumerate(group.itertuples()):
-                axes.plot([0, 1], [source_y[row.source_layer] + offset, target_y[row.target_layer] + offset],
-                          color=colours[name], linewidth=0.4 + 1.6 * row.weight,
-                          linestyle="--" if name.startswith("trained") else "-", label=name if n == 0 else None)
-        axes.scatter([0] * len(source_y), list(source_y.values()), color=ROLE_COLOURS["source"], s=12, zorder=3)
-        axes.scatter([1] * len(target_y), list(target_y.values()), color=ROLE_COLOURS["target_before"], s=12, zorder=3)
-        step_s = max(1, len(source_y) // 16)
-        step_t = max(1, len(target_y) // 16)
-        for layer, y in source_y.items():
-            if layer % step_s == 0:
-                axes.annotate(f"S{layer}", (0, y), xytext=(-3, 0), textcoords="offset points", ha="right", va="center",
-                              fontsize=preset.tick_size - 1)
-        for layer, y in target_y.items():
-            if layer % step_t == 0:
-                axes.annotate(f"T{layer}", (1, y), xytext=(3, 0), textcoords="offset points", ha="left", va="center",
-                              fontsize=preset.tick_size - 1)
-        axes.set_xlim(-0.3, 1.3)
-        axes.set_xticks([0, 1])
-        axes.set_xticklabels(["source", "target"])
+        step_s, step_t = max(1, len(source_y) // 8), max(1, len(target_y) // 8)
+        for index, name in enumerate(maps):  # one panel per map, side by side
+            left = index * PANEL_STEP
+            for row in data[data["map"] == name].itertuples():
+                axes.plot([left, left + 1], [source_y[row.source_layer], target_y[row.target_layer]],
+                          color=colours[name], linewidth=0.4 + 1.2 * row.weight,
+                          linestyle="--" if name.startswith("trained") else "-")
+            axes.scatter([left] * len(source_y), list(source_y.values()), color=ROLE_COLOURS["source"], s=6, zorder=3)
+            axes.scatter([left + 1] * len(target_y), list(target_y.values()), color=ROLE_COLOURS["target_before"],
+                         s=6, zorder=3)
+            for layer, y in source_y.items():
+                if layer % step_s == 0:
+                    axes.annotate(f"S{layer}", (left, y), xytext=(-2, 0), textcoords="offset points", ha="right",
+                                  va="center", fontsize=preset.tick_size - 2)
+            for layer, y in target_y.items():
+                if layer % step_t == 0:
+                    axes.annotate(f"T{layer}", (left + 1, y), xytext=(2, 0), textcoords="offset points", ha="left",
+                                  va="center", fontsize=preset.tick_size - 2)
+            axes.text(left + 0.5, 1.07, name, ha="center", va="bottom", fontsize=preset.tick_size)
+        axes.set_xlim(-0.5, (len(maps) - 1) * PANEL_STEP + 1.5)
+        axes.set_ylim(-0.05, 1.15)
+        axes.set_xticks([])
         axes.set_ylabel("relative depth")
-        axes.legend(frameon=False, fontsize=preset.tick_size - 1, loc="upper center", bbox_to_anchor=(0.5, -0.12),
-                    ncol=min(3, len(maps)))
     else:
         raise FigureError(f"unknown figure kind {spec.kind!r}")
     _integer_ticks(axes, spec)

@@ -54,8 +54,9 @@ def to_plotly(spec: FigureSpec, preset: PaperPreset = PAPER):
                 customdata=marked[[weight]].to_numpy(),
                 hovertemplate="mapped: target %{y} <- source %{x}, weight %{customdata[0]:.2f}<extra></extra>",
             ))
-        figure.update_xaxes(title=enc.get("col_label"), dtick=1 if len(grid.columns) <= 32 else None)
-        figure.update_yaxes(title=enc.get("row_label"), dtick=1 if len(grid.index) <= 32 else None)
+        # Every layer labelled while the labels fit (a half-width chart holds about 16), else every other.
+        figure.update_xaxes(title=enc.get("col_label"), dtick=_layer_tick(len(grid.columns)))
+        figure.update_yaxes(title=enc.get("row_label"), dtick=_layer_tick(len(grid.index)))
         figure.update_layout(legend={"orientation": "h", "y": -0.2})
     elif spec.kind in ("lines", "bars"):
         series_column = enc.get("series")
@@ -118,34 +119,54 @@ def _bipartite_positions(enc: dict) -> tuple[dict[int, float], dict[int, float]]
     return heights(int(enc["n_source"])), heights(int(enc["n_target"]))
 
 
+PANEL_STEP = 3.0  # x distance between the panels of a bipartite figure (source at 0, target at 1)
+
+
+def bipartite_panels(spec: FigureSpec) -> list[str]:
+    """The maps of a bipartite figure, one panel each (small multiples): maps drawn over each other
+    in one panel hide each other where they agree, which is almost everywhere."""
+    return list(dict.fromkeys(spec.data["map"]))
+
+
 def _plotly_bipartite(figure, spec: FigureSpec, preset: PaperPreset) -> None:
     import plotly.graph_objects as go
 
     source_y, target_y = _bipartite_positions(spec.encoding)
     edges = spec.data
-    maps = list(dict.fromkeys(edges["map"]))
+    maps = bipartite_panels(spec)
     colours = {name: preset.palette[i % len(preset.palette)] for i, name in enumerate(maps)}
+    label_every_s, label_every_t = max(1, len(source_y) // 14), max(1, len(target_y) // 14)
     for index, name in enumerate(maps):
+        left = index * PANEL_STEP
         group = edges[edges["map"] == name]
-        offset = (index - (len(maps) - 1) / 2) * 0.012  # keep coinciding maps visible side by side
         first = True
         for row in group.itertuples():
             figure.add_trace(go.Scatter(
-                x=[0, 1], y=[source_y[row.source_layer] + offset, target_y[row.target_layer] + offset],
-                mode="lines", line={"color": colours[name], "width": 1 + 4 * row.weight,
+                x=[left, left + 1], y=[source_y[row.source_layer], target_y[row.target_layer]],
+                mode="lines", line={"color": colours[name], "width": 1 + 3 * row.weight,
                                     "dash": "dash" if name.startswith("trained") else "solid"},
                 name=name, legendgroup=name, showlegend=first,
                 hovertemplate=f"{name}: source {row.source_layer} -> target {row.target_layer}, "
                               f"weight {row.weight:.2f}<extra></extra>",
             ))
             first = False
-    figure.add_trace(go.Scatter(x=[0] * len(source_y), y=list(source_y.values()), mode="markers+text",
-                                text=[f"S{l}" for l in source_y], textposition="middle left", name="source layers",
-                                marker={"color": ROLE_COLOURS["source"], "size": 9}, showlegend=False))
-    figure.add_trace(go.Scatter(x=[1] * len(target_y), y=list(target_y.values()), mode="markers+text",
-                                text=[f"T{l}" for l in target_y], textposition="middle right", name="target layers",
-                                marker={"color": ROLE_COLOURS["target_before"], "size": 9}, showlegend=False))
-    figure.update_xaxes(visible=False, range=[-0.25, 1.25])
-    figure.update_yaxes(title="relative depth (0 = first layer, 1 = last)", range=[-0.05, 1.05])
+        figure.add_trace(go.Scatter(
+            x=[left] * len(source_y), y=list(source_y.values()), mode="markers+text",
+            text=[f"S{l}" if l % label_every_s == 0 else "" for l in source_y], textposition="middle left",
+            marker={"color": ROLE_COLOURS["source"], "size": 7}, showlegend=False, hoverinfo="skip"))
+        figure.add_trace(go.Scatter(
+            x=[left + 1] * len(target_y), y=list(target_y.values()), mode="markers+text",
+            text=[f"T{l}" if l % label_every_t == 0 else "" for l in target_y], textposition="middle right",
+            marker={"color": ROLE_COLOURS["target_before"], "size": 7}, showlegend=False, hoverinfo="skip"))
+        figure.add_annotation(x=left + 0.5, y=1.09, text=name, showarrow=False, font={"size": 12})
+    figure.update_xaxes(visible=False, range=[-0.45, (len(maps) - 1) * PANEL_STEP + 1.45])
+    figure.update_yaxes(title="relative depth (0 = first layer, 1 = last)", range=[-0.05, 1.14])
+    figure.update_layout(legend={"orientation": "h", "y": -0.05})
 
 
+def _layer_tick(count: int) -> int | None:
+    if count <= 16:
+        return 1
+    if count <= 40:
+        return 2
+    return None
