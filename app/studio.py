@@ -130,6 +130,7 @@ def _figure_builders() -> dict:
         "per_subject": benchmarks_page.per_subject,
         "per_subject_bars": benchmarks_page.per_subject_bars,
         "paired_items": benchmarks_page.paired_items,
+        "letter_distribution_bars": benchmarks_page.letter_distribution_bars,
     }
 
 

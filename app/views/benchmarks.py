@@ -47,6 +47,17 @@ if task not in run.evaluated_tasks():
                "evaluation folders.")
     st.stop()
 
+from pkt_core.figures.benchmarks_page import CHOICE_OPTIONS  # noqa: E402
+
+if task in CHOICE_OPTIONS:
+    st.subheader("Answer format: which option each model picks")
+    letters = studio.cached_spec("letter_distribution_bars", folder, task)
+    for note in letters.notes:
+        (st.warning if "dominated" in note or "at chance" in note else st.caption)(note)
+    studio.show_figure(letters, "benchmarks-letters", height=340, notes=False)
+    st.caption("A model that answers one letter for most items scores the share of that letter among the gold "
+               "answers: a change of its accuracy can be its letter prior moving, not knowledge.")
+
 if task == "mmlu":
     st.subheader("Per subject")
     table = studio.cached_spec("per_subject", folder, task)

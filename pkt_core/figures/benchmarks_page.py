@@ -102,3 +102,52 @@ def paired_items(run, task: str) -> tuple[Any, pd.DataFrame]:
     return comparison, merged.rename(columns={"target": "gold"})
 
 
+
+
+# -- answer format (choice tasks) ---------------------------------------------------------------
+
+CHOICE_OPTIONS = {"mmlu": "ABCD"}
+
+
+def answer_formats(run: Run, task: str) -> dict[str, dict]:
+    """role -> the answer-format diagnostics of a choice task (predicted vs gold options, entropy,
+    distance, dominance, chance), as the evaluation summary stores them, or counted from the
+    stored items for evaluations written before summaries held them."""
+    from pkt_core.evaluation.diagnostics import answer_format
+
+    options = CHOICE_OPTIONS.get(task)
+    found: dict[str, dict] = {}
+    for role in run.evaluated_tasks().get(task, []):
+        summary = run.evaluation_summary(task, role)
+        stored = getattr(summary, "answer_format", None)
+        if isinstance(stored, dict) and "predicted" in stored:
+            found[role] = stored
+            continue
+        if options is None:
+            continue
+        items = run.evaluation_items(task, role)
+        accuracy = summary.metrics.get("acc")
+        if accuracy is None or not hasattr(accuracy, "low"):
+            continue
+        found[role] = answer_format(list(items["prediction"].astype(str)), list(items["target"].astype(str)),
+                                    list(options), accuracy.model_dump(), 1.0 / len(options))
+    return found
+
+
+def letter_distribution_bars(run: Run, task: str) -> FigureSpec:
+    """How often each model picks each option, next to how often each option is the gold answer."""
+    formats = answer_formats(run, task)
+    if not formats:
+        raise FigureError(f"run {run.run_id} has no choice-task predictions for {task}")
+    rows = []
+    first = next(iter(formats.values()))
+    for option, count in first["gold"].items():
+        rows.append({"option": option, "model": "gold answers", "count": count})
+    for role, record in formats.items():
+        for option, count in record["predicted"].items():
+            rows.append({"option": option, "model": role, "count": count})
+    notes = [f"{role.replace('_', ' ')}: " + "; ".join(record["statements"]) for role, record in formats.items()]
+    caption = {"run_id": run.run_id, "task": task, "measure": "predicted option counts"}
+    return FigureSpec(f"{task}-answer-format", "bars", f"{task}: predicted options per model vs the gold answers",
+                      pd.DataFrame(rows), caption, {"x": "option", "y": "count", "series": "model",
+                                                    "x_label": "option", "y_label": "items"}, notes)

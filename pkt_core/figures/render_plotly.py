@@ -78,7 +78,12 @@ def to_plotly(spec: FigureSpec, preset: PaperPreset = PAPER):
         figure.update_xaxes(title=enc.get("x_label"))
         figure.update_yaxes(title=enc.get("y_label"))
         if spec.kind == "bars":
-            figure.update_layout(barmode="group")
+            # Series that share no x (e.g. selected / not selected layers) fill whole slots; shared x are grouped.
+            shared = bool(series_column) and data.groupby(enc["x"])[series_column].nunique().max() > 1
+            figure.update_layout(barmode="group" if shared else "relative")
+            if pd.api.types.is_integer_dtype(data[enc["x"]]):  # layers in their order, not first appearance
+                figure.update_xaxes(categoryorder="array",
+                                    categoryarray=[str(v) for v in sorted(data[enc["x"]].unique())])
     elif spec.kind == "scatter":
         colour = enc["colour"]
         colours = _series_colours(list(data[colour]), preset)

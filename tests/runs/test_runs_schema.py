@@ -216,3 +216,22 @@ def test_record_json_round_trips_the_manifest(full_run):
     manifest = open_run(full_run[0]).manifest
     again = parse_record(RunManifest, json.loads(json.dumps(record_json(manifest))), "manifest.json")
     assert again == manifest
+
+
+def test_the_answer_format_panel_counts_the_stored_predictions(full_run):
+    from collections import Counter
+
+    from pkt_core.figures.benchmarks_page import letter_distribution_bars
+
+    folder, _ = full_run
+    run = open_run(folder)
+    spec = letter_distribution_bars(run, "mmlu")
+    for role in ("source", "target_before", "target_after"):
+        items = pq.read_table(folder / "evaluation" / "mmlu" / role / "items.parquet").to_pandas()
+        expected = Counter(items["prediction"])
+        drawn = spec.data[spec.data["model"] == role].set_index("option")["count"]
+        assert {k: v for k, v in drawn.items() if v} == dict(expected)
+    gold = spec.data[spec.data["model"] == "gold answers"].set_index("option")["count"].to_dict()
+    assert gold == {"A": 3, "B": 3, "C": 3, "D": 3}
+    before_note = next(n for n in spec.notes if n.startswith("target before"))
+    assert "dominated by one option: B for 12 of 12 items" in before_note
