@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +62,20 @@ def before_rows(run, source: LoadedModel, target: LoadedModel):
     return target_rows, source_rows
 
 
-def backfill_run(folder: Path, target_rows, source_rows, measures=DEFAULT_SIMILARITY_MEASURES) -> dict:
+def family_records(target_rows, source_rows, rows: str, measures=DEFAULT_SIMILARITY_MEASURES):
+    """The family for the before view, linear CKA first (runs sharing a probe set share these)."""
+    return probe_similarity_records(target_rows, source_rows, VIEW, rows,
+                                    ["linear_cka", *[m for m in measures if m != "linear_cka"]])
+
+
+def backfill_run(folder: Path, target_rows, source_rows, measures=DEFAULT_SIMILARITY_MEASURES,
+                 computed=None) -> dict:
+    """Add the family to one run; ``computed`` (records, skipped) from :func:`family_records` when
+    another run of the same probe set already computed them."""
     run = open_run(folder)
     stored = run.similarity("linear_cka", VIEW)
-    records, skipped = probe_similarity_records(target_rows, source_rows, VIEW, stored.record.rows or "probe tokens",
-                                                ["linear_cka", *[m for m in measures if m != "linear_cka"]])
+    records, skipped = computed or family_records(target_rows, source_rows, stored.record.rows or "probe tokens",
+                                                  measures)
     recomputed = np.asarray(records[0].values)
     difference = float(np.abs(recomputed - stored.values).max())
     if difference > REPRODUCTION_TOLERANCE:
@@ -99,9 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         target = load_model(first.manifest.target.reference or first.manifest.target.name, dtype=dtype)
         target_rows, source_rows = before_rows(first, source, target)
         del source, target
+        started = time.perf_counter()
+        computed = family_records(target_rows, source_rows,
+                                  first.similarity("linear_cka", VIEW).record.rows or "probe tokens")
+        print(f"{first.run_id} and {len(runs) - 1} run(s) sharing its probes: the family took "
+              f"{time.perf_counter() - started:.0f} s (" + ", ".join(f"{r.metric} {r.seconds:.0f} s" for r in computed[0])
+              + ")", flush=True)
         for run in runs:
             try:
-                result = backfill_run(run.folder, target_rows, source_rows)
+                result = backfill_run(run.folder, target_rows, source_rows, computed=computed)
             except BackfillError as error:
                 print(f"{run.run_id}: {error}", file=sys.stderr)
                 continue
