@@ -196,6 +196,7 @@ def test_peer_methods_are_offered_with_their_own_budget_and_submitted(pair_and_d
     assert at.number_input(key="new_batch_laten").value == 16  # the paper's examples per step
     assert not [box for box in at.selectbox if box.key == "new_variant"]
     at.number_input(key="new_epochs_laten").set_value(2)
+    at.multiselect(key="new_eval_tasks").set_value([]).run()
     at.button(key="new_submit").click().run()
     assert not at.exception and "Submitted" in at.success[0].value
     [job] = job_queue.list_jobs()

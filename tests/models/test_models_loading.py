@@ -9,7 +9,12 @@ from pkt_core.models.synthetic import tiny_config, write_tiny_llama_gguf
 
 
 def test_local_folder_loads_with_dtype(tiny_model_folder):
-    loaded = load_model(str(tiny_model_folder), dtype="bf16")
+    # bf16 compute keeps fp32 (master) weights and runs the forward under bf16 autocast ...
+    mixed = load_model(str(tiny_model_folder), dtype="bf16")
+    assert next(mixed.model.parameters()).dtype == torch.float32
+    assert mixed.describe()["precision"]["compute"] == "bf16" and mixed.describe()["precision"]["autocast"]
+    # ... and bf16 weights are the user's explicit choice.
+    loaded = load_model(str(tiny_model_folder), dtype="bf16-weights")
     assert loaded.location.kind == "folder"
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
     assert loaded.adapter.num_layers == 2

@@ -146,7 +146,7 @@ def test_run_with_evaluation_scores_source_and_target_before_and_after(tmp_path)
         assert summary["metrics"]["acc"]["mean"] == pytest.approx(items["score"].mean())
     # The trained target is scored afresh, never served from the untouched target's cache entries.
     after = read_summary(folder / "evaluation" / "mmlu" / "target_after")
-    assert after["counts"]["scored"] == 57
+    assert after["counts"]["from_cache"] == 0 and after["counts"]["scored"] == after["counts"]["rotations"] >= 57
     before_items = read_items(folder / "evaluation" / "mmlu" / "target_before").set_index("item_id")
     after_items = read_items(folder / "evaluation" / "mmlu" / "target_after").set_index("item_id")
     flips = int(((before_items["score"] == 1) & (after_items["score"] == 0)).sum())
