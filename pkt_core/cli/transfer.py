@@ -91,6 +91,9 @@ def add_transfer_parser(commands) -> None:
     evaluation.add_argument("--eval", dest="eval_tasks", help="comma list of tasks to evaluate: mmlu,gsm8k,humaneval,mbpp")
     evaluation.add_argument("--eval-limit", type=int,
                             help="fixed subset: first N items per task (MMLU: per subject); default all items")
+    from pkt_core.cli.evaluate import add_eval_option_flags
+
+    add_eval_option_flags(evaluation, prefix="eval-")
     place = parser.add_argument_group("placement")
     place.add_argument("--dtype", default="fp32", choices=list(POLICY_NAMES),
                        help="precision: fp32; bf16 / fp16 (fp32 master weights, autocast matmuls, fp32 losses; "
@@ -107,6 +110,7 @@ def run_transfer_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from pkt_core.cli.arguments import parse_layer_list
+    from pkt_core.cli.evaluate import eval_settings_from_args
     from pkt_core.models.registry import get_pair_spec
     from pkt_core.transfer.config import TransferConfig
     from pkt_core.transfer.pipeline import default_run_folder, run_transfer
@@ -130,6 +134,7 @@ def run_transfer_command(args: argparse.Namespace) -> int:
         seed=args.seed, dtype=args.dtype, source_device=args.source_device or args.device,
         target_device=args.target_device or args.device,
         eval_tasks=args.eval_tasks.split(",") if args.eval_tasks else [], eval_limit=args.eval_limit,
+        eval_settings=eval_settings_from_args(args, prefix="eval-").as_dict(),
         fidelity=args.fidelity, epochs=args.epochs, seeking_seed_samples=args.seed_samples,
         seeking_lora_dropout=args.lora_dropout, laten_top_layers=args.laten_layers,
         laten_neuron_fraction=args.neuron_fraction, laten_hidden_size=args.hypernet_hidden,

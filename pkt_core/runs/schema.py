@@ -199,6 +199,7 @@ class RoleEvaluation(Record):
     items: int = Field(ge=0)
     subset: SubsetRecord
     model: str
+    formulation: dict[str, Any] | None = None  # how the items were scored (letters / cloze, shots, circular)
 
 
 class TaskEvaluation(Record):

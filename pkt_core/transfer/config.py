@@ -116,6 +116,9 @@ class TransferConfig:
     target_device: str = "cpu"
     save_weights_delta: bool = True
     eval_tasks: list[str] = field(default_factory=list)  # evaluated for source, target before and after
+    # How they are scored (evaluation.settings.EvalSettings: formulation, shots, circular, PriDe items,
+    # generation, a seeded sample); empty: each task's default.
+    eval_settings: dict = field(default_factory=dict)
     eval_limit: int | None = None  # items per task (MMLU: per subject), a fixed recorded subset
     fidelity: bool | None = None  # decomposition-fidelity table (SemAlign's Figure 2); default on for semalign only
     # Layer similarity on the probe rows, before and after (transfer/probe_similarity.py): the CKA and
@@ -151,7 +154,10 @@ class TransferConfig:
             self._check_peer()
         if (self.task is None) == (self.data_file is None):
             raise TransferConfigError("give exactly one of a task (--task) or a data file (--data)")
-        from pkt_core.evaluation.tasks import TASKS
+        from pkt_core.evaluation.settings import EvalSettings
+        from pkt_core.evaluation.tasks import EVAL_TASKS as TASKS
+
+        self.eval_settings = EvalSettings.from_dict(self.eval_settings).as_dict()
 
         unknown_tasks = set(self.eval_tasks) - set(TASKS)
         if unknown_tasks:

@@ -327,8 +327,8 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
         SimilarityMatrixFile, writer.path(similarity_file_name("linear_cka", "target_source_before"))).values)
 
     for task in config.eval_tasks:
-        _evaluate_role(stages, writer, source, task, "source", config.eval_limit)
-        _evaluate_role(stages, writer, target, task, "target_before", config.eval_limit)
+        _evaluate_role(stages, writer, source, task, "source", config.eval_limit, config.eval_settings)
+        _evaluate_role(stages, writer, target, task, "target_before", config.eval_limit, config.eval_settings)
 
     context = RunContext(config, source, target, tokenised, probe_tokens, writer, stages, on_progress, should_cancel,
                          cka_before, source_tokenised, alignment_level)
@@ -352,7 +352,7 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
     if config.eval_tasks:
         transferred = transferred_view(target, trained.delta, writer.manifest.run_id)
         for task in config.eval_tasks:
-            _evaluate_role(stages, writer, transferred, task, "target_after", config.eval_limit)
+            _evaluate_role(stages, writer, transferred, task, "target_after", config.eval_limit, config.eval_settings)
             _record_comparison(writer, task)
     if config.save_weights_delta:
         writer.save_tensors(WEIGHT_DELTA, trained.delta)
@@ -389,9 +389,11 @@ def transferred_view(target: LoadedModel, delta: dict[str, torch.Tensor], run_id
     return dataclasses.replace(target, fingerprint=f"{target.fingerprint}+{digest.hexdigest()[:16]}", location=location)
 
 
-def _evaluate_role(stages: RunStages, writer: RunWriter, loaded: LoadedModel, task: str, role: str, limit: int | None) -> None:
+def _evaluate_role(stages: RunStages, writer: RunWriter, loaded: LoadedModel, task: str, role: str, limit: int | None,
+                   settings: dict | None = None) -> None:
     """Score one model on one task into ``evaluation/<task>/<role>/`` (items.parquet, summary.json)."""
-    from pkt_core.evaluation.runner import EvalOptions, evaluate
+    from pkt_core.evaluation.runner import evaluate
+    from pkt_core.evaluation.settings import EvalSettings
 
     name = f"eval-{task}-{role}"
     if stages.done(name):
@@ -399,10 +401,11 @@ def _evaluate_role(stages: RunStages, writer: RunWriter, loaded: LoadedModel, ta
     folder = writer.path(f"evaluation/{task}/{role}")
 
     def work():
-        result = evaluate(loaded, EvalOptions(task=task, limit=limit), out=folder)
+        result = evaluate(loaded, EvalSettings.from_dict(settings).options_for(task, limit), out=folder)
         evaluation = writer.manifest.evaluation.setdefault(task, TaskEvaluation())
         setattr(evaluation, role, RoleEvaluation(metrics=result.summary["metrics"], items=int(len(result.items)),
-                                                 subset=result.summary["subset"], model=loaded.name))
+                                                 subset=result.summary["subset"], model=loaded.name,
+                                                 formulation=result.summary.get("formulation")))
         writer.write_manifest()
 
     stages.run(name, work)

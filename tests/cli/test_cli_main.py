@@ -54,3 +54,24 @@ def test_bad_data_is_a_clear_error(tiny_model_folder, tmp_path, capsys):
 def test_layer_list_parsing():
     assert parse_layer_list("0,3,5-7") == (0, 3, 5, 6, 7)
     assert parse_layer_list("all") is None
+
+
+def test_pkt_transfer_carries_the_evaluation_formulation_into_the_config(monkeypatch, tmp_path):
+    """--eval-formulation / --eval-shots / --eval-circular reach the run's config (and so its manifest)."""
+    import pkt_core.transfer.pipeline as pipeline
+
+    seen = {}
+
+    def fake_run(config, **kwargs):
+        seen["config"] = config
+        raise KeyboardInterrupt  # stop before any model is loaded
+
+    monkeypatch.setattr(pipeline, "run_transfer", fake_run)
+    code = main(["transfer", "--source", "a", "--target", "b", "--task", "mmlu", "--eval", "mmlu,arc_easy",
+                 "--eval-limit", "2", "--eval-formulation", "mc", "--eval-shots", "5", "--eval-circular",
+                 "--out", str(tmp_path / "run")])
+    assert code == 130
+    config = seen["config"]
+    assert config.eval_tasks == ["mmlu", "arc_easy"] and config.eval_limit == 2
+    assert config.eval_settings["formulation"] == "mc" and config.eval_settings["shots"] == 5
+    assert config.eval_settings["circular"] is True
