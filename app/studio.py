@@ -156,7 +156,7 @@ def _spec_key(spec) -> str:
     return digest.hexdigest()[:20]
 
 
-def show_figure(spec, key: str, height: int | None = None, notes: bool = True) -> None:
+def show_figure(spec, key: str, height: int | None = None, notes: bool = True, select: bool = False):
     """Draw ``spec`` with plotly, its notes, and PDF / SVG / PNG / CSV / caption downloads made
     on the server (matplotlib with the paper preset; the bytes are built when a button is pressed)."""
     from pkt_core.figures.export import export_filename
@@ -166,7 +166,9 @@ def show_figure(spec, key: str, height: int | None = None, notes: bool = True) -
     figure = to_plotly(spec)
     if height:
         figure.update_layout(height=height)
-    st.plotly_chart(figure, key=f"{key}-chart")
+    # With ``select``, box and lasso selections rerun the page and come back as the chart's event.
+    event = st.plotly_chart(figure, key=f"{key}-chart", on_select="rerun" if select else "ignore",
+                            selection_mode=("points", "box", "lasso"))
     for note in spec.notes if notes else ():
         st.caption(note)
     spec_key = _spec_key(spec)
@@ -181,6 +183,7 @@ def show_figure(spec, key: str, height: int | None = None, notes: bool = True) -
                 fmt.upper(), data=lambda fmt=fmt: _export(spec, spec_key, fmt, width),
                 file_name=export_filename(spec, fmt), mime=MIME_TYPES[fmt], key=f"{key}-{fmt}", on_click="ignore",
             )
+    return event if select else None
 
 
 def page_header(title: str, caption: str | None = None) -> None:

@@ -9,6 +9,8 @@ from pkt_core.figures.alignment_page import mapping_table
 from pkt_core.figures.projections import (
     ProjectionError,
     projection_figure,
+    selected_items,
+    selected_points,
     umap_available,
 )
 from pkt_core.runs.schema import CROSS_MAP_FILE, PROBE_ACTIVATIONS_FILE
@@ -95,4 +97,12 @@ spec = projection_figure(run, projection, colour_by)
 if colour_by == "correctness" and (projection.points["correct"] == "not evaluated").all():
     st.info("No evaluation of this run scored the probe prompts, so correctness is unknown for every point "
             "(probes are MMLU evaluation items when the run's task is mmlu; evaluate with the same items).")
-studio.show_figure(spec, "projection", height=560)
+event = studio.show_figure(spec, "projection", height=560, select=True)
+st.subheader("Selected probes")
+points = (event or {}).get("selection", {}).get("points", []) if event else []
+chosen = selected_points(projection, [(p["x"], p["y"]) for p in points if "x" in p and "y" in p])
+if chosen.empty:
+    st.caption("Select points on the chart (box or lasso, in its toolbar) to list those probe items with their gold "
+               "answer and each model's answer and outcome.")
+else:
+    st.dataframe(selected_items(run, list(chosen["probe_id"])), hide_index=True, key="projection_selected")

@@ -231,3 +231,35 @@ def umap_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("umap") is not None
+
+
+def selected_points(projection: Projection, chosen: list[tuple[float, float]]) -> pd.DataFrame:
+    """The projection's rows at the chosen (x, y) positions (what a box or lasso selection returns)."""
+    if not chosen:
+        return projection.points.iloc[0:0]
+    keys = {(round(float(x), 9), round(float(y), 9)) for x, y in chosen}
+    mask = [(round(float(x), 9), round(float(y), 9)) in keys
+            for x, y in zip(projection.points["x"], projection.points["y"])]
+    return projection.points[mask]
+
+
+def selected_items(run, probe_ids: list[str]) -> pd.DataFrame:
+    """One row per selected probe: its label, the gold answer and each model's answer and outcome,
+    where the run's evaluations scored that probe item."""
+    wanted = list(dict.fromkeys(str(i) for i in probe_ids))
+    table = pd.DataFrame({"probe_id": wanted})
+    labels = dict(zip(map(str, run.manifest.data.probe_ids), run.manifest.data.probe_labels))
+    table["label"] = [labels.get(i) for i in wanted]
+    for task, roles in run.evaluated_tasks().items():
+        for role in roles:
+            if not run.has(f"evaluation/{task}/{role}/items.parquet"):
+                continue
+            items = run.evaluation_items(task, role).set_index("item_id")
+            hit = [i for i in wanted if i in items.index]
+            if not hit:
+                continue
+            if "gold" not in table:
+                table["gold"] = [items.at[i, "target"] if i in items.index else None for i in wanted]
+            table[f"{role} answer"] = [items.at[i, "prediction"] if i in items.index else None for i in wanted]
+            table[f"{role} outcome"] = [items.at[i, "outcome"] if i in items.index else None for i in wanted]
+    return table

@@ -125,3 +125,27 @@ def test_a_run_shipped_without_probe_activations_says_how_to_recreate_them(app_t
     assert not at.error
     assert any("shipped without its probe activations" in info.value and "pkt transfer --out runs/again" in info.value
                for info in at.info)
+
+
+def test_selected_points_list_their_probe_items_with_gold_and_each_models_outcome(app_run):
+    """The selection table: for chosen points, each probe's gold answer and every model's answer and
+    outcome, read here straight from the run's items.parquet files."""
+    import pyarrow.parquet as pq
+
+    from pkt_core.figures.projections import project, selected_items, selected_points
+    from pkt_core.runs.reader import open_run
+
+    run = open_run(app_run)
+    projection = project(run, 1, 2, "pca", "target", 15, 0.1, 0)
+    chosen = projection.points.iloc[:3]
+    rows = selected_points(projection, list(zip(chosen["x"], chosen["y"])))
+    assert list(rows["probe_id"]) == list(chosen["probe_id"])
+    table = selected_items(run, list(rows["probe_id"])).set_index("probe_id")
+    for role in ("source", "target_before", "target_after"):
+        items = pq.read_table(app_run / "evaluation" / "mmlu" / role / "items.parquet").to_pandas().set_index("item_id")
+        for probe in table.index:
+            if probe in items.index:
+                assert table.at[probe, f"{role} answer"] == items.at[probe, "prediction"]
+                assert table.at[probe, f"{role} outcome"] == items.at[probe, "outcome"]
+                assert table.at[probe, "gold"] == items.at[probe, "target"]
+    assert table["gold"].notna().any()  # the tiny run's probes are MMLU evaluation items
