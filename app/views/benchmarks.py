@@ -49,6 +49,21 @@ if task not in run.evaluated_tasks():
 
 from pkt_core.figures.benchmarks_page import CHOICE_OPTIONS  # noqa: E402
 
+st.subheader("Continuous measures: how far the gold answer moved")
+continuous = studio.cached_spec("continuous_measures", folder, task)
+if continuous.empty:
+    st.info("These evaluations hold no per-item gold-answer probabilities (they were scored before the "
+            "evaluation recorded them); re-score with `pkt eval` to see a transfer's effect long before "
+            "accuracy moves.")
+else:
+    st.dataframe(continuous, hide_index=True, key="benchmarks_continuous")
+    st.caption("Paired over the same items, bootstrap 95% intervals; gap closed = (after - before) / "
+               "(source - before), with a joint bootstrap of the three models.")
+    moved = studio.cached_spec("items_by_gold_change", folder, task)
+    if not moved.empty:
+        with st.expander("Items by the change of the gold answer's log-probability (target before -> after)"):
+            st.dataframe(moved, hide_index=True, key="benchmarks_gold_change")
+
 if task in CHOICE_OPTIONS:
     st.subheader("Answer format: which option each model picks")
     letters = studio.cached_spec("letter_distribution_bars", folder, task)

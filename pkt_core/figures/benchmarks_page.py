@@ -151,3 +151,53 @@ def letter_distribution_bars(run: Run, task: str) -> FigureSpec:
     return FigureSpec(f"{task}-answer-format", "bars", f"{task}: predicted options per model vs the gold answers",
                       pd.DataFrame(rows), caption, {"x": "option", "y": "count", "series": "model",
                                                     "x_label": "option", "y_label": "items"}, notes)
+
+
+# -- continuous, paired measures --------------------------------------------------------------
+
+MEASURE_TITLES = {"gold_logprob": "gold answer log-probability", "gold_prob": "probability mass on the gold option"}
+
+
+def continuous_measures(run: Run, task: str) -> pd.DataFrame:
+    """Per continuous measure: each model's mean, after - before and source - before with their
+    paired bootstrap intervals, and the share of the source-target gap closed, from the stored
+    items (empty for evaluations written before items held the measures)."""
+    from pkt_core.evaluation.continuous import CONTINUOUS_MEASURES, paired_measures
+
+    roles = run.evaluated_tasks().get(task, [])
+    if "target_before" not in roles:
+        return pd.DataFrame()
+    tables = {role: run.evaluation_items(task, role) for role in roles}
+    paired = paired_measures(tables["target_before"], tables.get("target_after"), tables.get("source"))
+    rows = []
+    for measure in CONTINUOUS_MEASURES:
+        if measure not in paired:
+            continue
+        row = {"measure": MEASURE_TITLES.get(measure, measure)}
+        for role, items in tables.items():
+            if measure in items:
+                row[role] = float(items[measure].astype(float).mean())
+        for key, label in (("after_minus_before", "after - before"), ("source_minus_before", "source - before"),
+                           ("gap_closed", "gap closed")):
+            value = paired[measure].get(key) or {}
+            if "mean" in value:
+                row[label] = value["mean"]
+                row[f"{label} 95% interval"] = f"[{value['low']:+.3f}, {value['high']:+.3f}]"
+            if value.get("note"):
+                row["note"] = value["note"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def items_by_gold_change(run: Run, task: str) -> pd.DataFrame:
+    """The paired items sorted by how much the gold answer's log-probability moved, target before -> after."""
+    roles = run.evaluated_tasks().get(task, [])
+    if "target_before" not in roles or "target_after" not in roles:
+        return pd.DataFrame()
+    before, after = (run.evaluation_items(task, role) for role in ("target_before", "target_after"))
+    if "gold_logprob" not in before or "gold_logprob" not in after:
+        return pd.DataFrame()
+    merged = before[["item_id", "target", "prediction", "gold_logprob"]].merge(
+        after[["item_id", "prediction", "gold_logprob"]], on="item_id", suffixes=("_before", "_after"))
+    merged["change"] = merged["gold_logprob_after"] - merged["gold_logprob_before"]
+    return merged.rename(columns={"target": "gold"}).sort_values("change", ascending=False).reset_index(drop=True)

@@ -98,3 +98,27 @@ def test_manifest_only_evaluation_is_shown_without_item_views(app_test, app_run)
         role = trace["name"].replace(" ", "_")
         assert decode(trace["y"])[0] == pytest.approx(manifest["evaluation"]["mmlu"][role]["metrics"]["acc"]["mean"])
     assert "per-subject and per-item views need the evaluation folders" in texts(at)
+
+
+def test_continuous_measures_are_the_paired_means_of_the_stored_items(app_test, app_run):
+    """after - before and the gap closed of the gold answer's log-probability, recomputed here from
+    the three items.parquet files with plain numpy, against what the page shows."""
+    import pyarrow.parquet as pq
+
+    from pkt_core.figures.benchmarks_page import continuous_measures
+    from pkt_core.runs.reader import open_run
+
+    items = {role: pq.read_table(app_run / "evaluation" / "mmlu" / role / "items.parquet").to_pandas()
+             .set_index("item_id")["gold_logprob"].astype(float) for role in ("source", "target_before", "target_after")}
+    common = items["target_before"].index
+    b, a, s = (items[r].loc[common].to_numpy() for r in ("target_before", "target_after", "source"))
+    table = continuous_measures(open_run(app_run), "mmlu").set_index("measure")
+    row = table.loc["gold answer log-probability"]
+    assert row["after - before"] == pytest.approx((a - b).mean(), rel=1e-9)
+    assert row["source - before"] == pytest.approx((s - b).mean(), rel=1e-9)
+    assert row["gap closed"] == pytest.approx((a.mean() - b.mean()) / (s.mean() - b.mean()), rel=1e-9)
+    at = app_test("views/benchmarks.py")
+    assert not at.exception
+    shown = next(frame.value for frame in at.dataframe if "after - before" in frame.value.columns)
+    assert shown.set_index("measure").loc["gold answer log-probability", "after - before"] == \
+        pytest.approx(row["after - before"])
