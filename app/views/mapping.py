@@ -6,6 +6,16 @@ from __future__ import annotations
 import streamlit as st
 import studio
 
+# The peers' own location results: what the page says, the figure, and the table behind it.
+PEER_LOCATIONS = {
+    "seeking": ("Seeking Neural Nuggets computes no SemAlign layer map: it ranks source layers by parametric "
+                "sensitivity, extracts sub-blocks of the selected ones and injects them into the paired target "
+                "layers.", "seeking_sensitivity_bars", "seeking_extraction.parquet", "Extracted sub-blocks"),
+    "laten": ("LaTen computes no SemAlign layer map: it locates the sublayers whose logit-lens gain is largest in "
+              "each model, pairs them by rank and trains a hypernetwork per pair on the located neurons.",
+              "laten_location_bars", "laten_neurons.parquet", "Located neurons"),
+}
+
 run = studio.require_run()
 folder = str(run.folder)
 method = run.manifest.method
@@ -45,22 +55,14 @@ if run.layer_maps is not None:
         studio.show_figure(fidelity, "mapping-fidelity", height=380, notes=False)
     else:
         st.info("This run was made without the decomposition-fidelity stage (`--no-fidelity`).")
-elif method == "seeking":
-    st.info("Seeking Neural Nuggets computes no SemAlign layer map: it ranks source layers by parametric "
-            "sensitivity, extracts sub-blocks of the selected ones and injects them into the paired target layers.")
+elif method in PEER_LOCATIONS:
+    intro, builder, table_file, table_title = PEER_LOCATIONS[method]
+    st.info(intro)
     studio.show_figure(studio.cached_spec("peer_pairing_bipartite", folder), "mapping-peer-pairing", height=460)
-    studio.show_figure(studio.cached_spec("seeking_sensitivity_bars", folder), "mapping-seeking", height=340)
-    if run.has("seeking_extraction.parquet"):
-        with st.expander("Extracted sub-blocks"):
-            st.dataframe(run.table_frame("seeking_extraction.parquet"), hide_index=True, key="seeking_blocks")
-elif method == "laten":
-    st.info("LaTen computes no SemAlign layer map: it locates the sublayers whose logit-lens gain is largest in "
-            "each model, pairs them by rank and trains a hypernetwork per pair on the located neurons.")
-    studio.show_figure(studio.cached_spec("peer_pairing_bipartite", folder), "mapping-peer-pairing", height=460)
-    studio.show_figure(studio.cached_spec("laten_location_bars", folder), "mapping-laten", height=380)
-    if run.has("laten_neurons.parquet"):
-        with st.expander("Located neurons"):
-            st.dataframe(run.table_frame("laten_neurons.parquet"), hide_index=True, key="laten_neurons")
+    studio.show_figure(studio.cached_spec(builder, folder), f"mapping-{method}", height=360)
+    if run.has(table_file):
+        with st.expander(table_title):
+            st.dataframe(run.table_frame(table_file), hide_index=True, key=f"{method}_location_table")
 else:
     st.info(f"{method} trains every target layer against the source's answer distribution (or the answers "
             "themselves): it pairs no layers, so it has no layer map, attribution or location results.")
