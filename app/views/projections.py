@@ -62,7 +62,9 @@ with controls:
               else round(target_layer * (n_source - 1) / max(1, n_target - 1)))
     follow = st.toggle(f"Source layer from the run's map ({map_name})", value=True,
                        key="projection_follow_map", disabled=space == "target")
-    if follow or space == "target":
+    if space == "target":
+        source_layer = mapped  # unused in the target's own space
+    elif follow:
         source_layer = mapped
         st.caption(f"Layer pair: source {source_layer} -> target {target_layer}")
     else:
