@@ -109,7 +109,7 @@ def test_double_column_is_wider_and_bundle_writes_every_format(app_run, tmp_path
 def test_the_apps_download_buttons_serve_server_made_files(app_test, app_run, deferred_downloads):
     at = app_test("views/alignment.py")
     buttons = {button.proto.label: button.proto for button in at.get("download_button")
-               if "alignment-heatmap" in button.proto.id}
+               if "alignment-heatmap" in button.proto.id and "alignment-heatmap-right" not in button.proto.id}
     assert set(buttons) == {"PDF", "SVG", "PNG", "CSV", "JSON"}
     made = {label: deferred_downloads[proto.deferred_file_id]() for label, proto in buttons.items()}
     check_pdf(made["PDF"])
