@@ -17,11 +17,24 @@ from pkt_core.figures.spec import (
 # -- rendering: plotly (screen) --------------------------------------------------------------
 
 
+REFERENCE_COLOUR = "#7f7f7f"  # what models are compared against (e.g. the gold answers)
+
+
 def _series_colours(values, preset: PaperPreset) -> dict:
-    colours = {}
-    palette = [c for c in preset.palette]
-    for index, value in enumerate(dict.fromkeys(values)):
-        colours[value] = ROLE_COLOURS.get(value) or OUTCOME_COLOURS.get(value) or palette[index % len(palette)]
+    """Roles and outcomes keep their fixed colours; other series take palette colours no role in
+    the same figure uses, so no two series share a colour."""
+    names = list(dict.fromkeys(values))
+    fixed = {name: ROLE_COLOURS.get(name) or OUTCOME_COLOURS.get(name) or
+             (REFERENCE_COLOUR if str(name).startswith("gold") else None) for name in names}
+    taken = {colour for colour in fixed.values() if colour}
+    free = [c for c in preset.palette if c not in taken] or list(preset.palette)
+    colours, next_free = {}, 0
+    for name in names:
+        if fixed[name]:
+            colours[name] = fixed[name]
+        else:
+            colours[name] = free[next_free % len(free)]
+            next_free += 1
     return colours
 
 
@@ -55,8 +68,11 @@ def to_plotly(spec: FigureSpec, preset: PaperPreset = PAPER):
                 hovertemplate="mapped: target %{y} <- source %{x}, weight %{customdata[0]:.2f}<extra></extra>",
             ))
         # Every layer labelled while the labels fit (a half-width chart holds about 16), else every other.
-        figure.update_xaxes(title=enc.get("col_label"), dtick=_layer_tick(len(grid.columns)))
-        figure.update_yaxes(title=enc.get("row_label"), dtick=_layer_tick(len(grid.index)))
+        # The axes span the matrix exactly (map markers on the edge cells would otherwise widen them).
+        figure.update_xaxes(title=enc.get("col_label"), dtick=_layer_tick(len(grid.columns)),
+                            range=[-0.5, len(grid.columns) - 0.5])
+        figure.update_yaxes(title=enc.get("row_label"), dtick=_layer_tick(len(grid.index)),
+                            range=[-0.5, len(grid.index) - 0.5])
         figure.update_layout(legend={"orientation": "h", "y": -0.2})
     elif spec.kind in ("lines", "bars"):
         series_column = enc.get("series")
