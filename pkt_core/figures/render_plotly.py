@@ -58,8 +58,10 @@ def to_plotly(spec: FigureSpec, preset: PaperPreset = PAPER):
         weight = enc.get("overlay")
         if weight and weight in data and (data[weight] > 0).any():
             marked = data[data[weight] > 0].sort_values([enc["row"], enc["col"]])
+            # A map over every target layer reads as a path; a sparse pairing (a peer's) as points only.
+            covers_all = marked[enc["row"]].nunique() == len(grid.index)
             figure.add_trace(go.Scatter(
-                x=marked[enc["col"]], y=marked[enc["row"]], mode="markers+lines",
+                x=marked[enc["col"]], y=marked[enc["row"]], mode="markers+lines" if covers_all else "markers",
                 name=enc.get("overlay_label", "layer map"),
                 marker={"symbol": "circle-open", "color": "#000000", "size": 6 + 10 * marked[weight].to_numpy(),
                         "line": {"width": 2}},
