@@ -12,11 +12,13 @@ import json
 import os
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from pkt_core.paths import pkt_home
 from pkt_core.runs.schema import (
     COMPARISON_FILE,
+    FORMAT_VERSION,
     MANIFEST_FILE,
     MAPPINGS_FILE,
     SUMMARY_FILE,
@@ -28,7 +30,7 @@ from pkt_core.runs.schema import (
     RunFormatError,
     RunManifest,
     SimilarityMatrixFile,
-    describe_validation_error,
+    parse_record,
     parse_similarity_file_name,
 )
 
@@ -82,17 +84,13 @@ def _load_manifest(folder: Path) -> tuple[RunManifest | None, dict | None, str |
         return None, None, f"{MANIFEST_FILE} is corrupt ({error})"
     if not isinstance(raw, dict):
         return None, None, f"{MANIFEST_FILE} does not hold an object"
-    version = raw.get("format_version", 1)
-    if isinstance(version, int) and version < 2:
+    version = raw.get("format_version", 1)  # format 1 had no version field
+    if isinstance(version, int) and version < FORMAT_VERSION:
         return None, raw, f"{MANIFEST_FILE} is run format {version}, older than this library reads; {MIGRATE_HINT}"
     try:
-        return RunManifest.model_validate(raw), raw, None
-    except Exception as error:  # pydantic's ValidationError, named in the message
-        from pydantic import ValidationError
-
-        if isinstance(error, ValidationError):
-            return None, raw, describe_validation_error(MANIFEST_FILE, error)
-        raise
+        return parse_record(RunManifest, raw, MANIFEST_FILE), raw, None
+    except RunFormatError as error:
+        return None, raw, str(error)
 
 
 def read_run(folder: Path) -> RunListing:
@@ -130,10 +128,21 @@ def _broken_artefact(folder: Path, manifest: RunManifest) -> str | None:
             if name in left_out:
                 continue
             return f"{name} is listed in the manifest but missing"
-        try:
-            _check_artefact(path, name)
-        except RunFormatError as error:
-            return str(error)
+        stat = path.stat()
+        problem = _artefact_problem(path, name, stat.st_mtime_ns, stat.st_size)
+        if problem:
+            return problem
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _artefact_problem(path: Path, name: str, mtime_ns: int, size: int) -> str | None:
+    """The integrity check of one file, remembered per (file, modification time, size): the app
+    lists runs on every rerun, and a file that has not changed need not be read again."""
+    try:
+        _check_artefact(path, name)
+    except RunFormatError as error:
+        return str(error)
     return None
 
 
@@ -155,8 +164,6 @@ def _check_artefact(path: Path, name: str) -> None:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
             raise RunFormatError(f"{name}: not readable JSON ({error})") from None
         if record is not None:
-            from pkt_core.runs.schema import parse_record
-
             parse_record(record, payload, name)
     elif file.endswith(".parquet"):
         import pyarrow.parquet as pq
