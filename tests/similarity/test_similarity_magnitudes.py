@@ -9,42 +9,23 @@ the engine, and only ever see data of ordinary magnitude.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist, pdist, squareform
+from similarity_references import hsic_biased_reference, hsic_unbiased_reference, run_two_gloo_ranks
 
 from pkt_core.errors import SimilarityInputError
 from pkt_core.similarity import MEASURES, MinibatchCKA, layer_similarity_matrix
 
 SCALES = [1e80, 1e155, 1e-170, 1e300, 1e-300]
-WORKER = Path(__file__).with_name("similarity_gloo_worker.py")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # --- independent references (textbook formulas, ordinary magnitudes only) ---------------------
 
 
 def centred(x: np.ndarray) -> np.ndarray:
     return x - x.mean(axis=0)
-
-
-def hsic_biased(k: np.ndarray, l: np.ndarray) -> float:
-    n = k.shape[0]
-    h = np.eye(n) - np.ones((n, n)) / n
-    return float(np.trace(k @ h @ l @ h)) / (n - 1) ** 2
-
-
-def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
-    n = k.shape[0]
-    kt, lt = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
-    ones = np.ones(n)
-    return float(np.trace(kt @ lt) + (ones @ kt @ ones) * (ones @ lt @ ones) / ((n - 1) * (n - 2))
-                 - 2.0 / (n - 2) * (ones @ kt @ lt @ ones)) / (n * (n - 3))
 
 
 def cka(k: np.ndarray, l: np.ndarray, hsic) -> float:
@@ -101,10 +82,10 @@ def knn_reference(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
 
 
 REFERENCES = {
-    "linear_cka": lambda x, y: cka(x @ x.T, y @ y.T, hsic_biased),
-    "linear_cka_unbiased": lambda x, y: cka(x @ x.T, y @ y.T, hsic_unbiased),
-    "rbf_cka": lambda x, y: cka(rbf_gram(x), rbf_gram(y), hsic_biased),
-    "rbf_cka_unbiased": lambda x, y: cka(rbf_gram(x), rbf_gram(y), hsic_unbiased),
+    "linear_cka": lambda x, y: cka(x @ x.T, y @ y.T, hsic_biased_reference),
+    "linear_cka_unbiased": lambda x, y: cka(x @ x.T, y @ y.T, hsic_unbiased_reference),
+    "rbf_cka": lambda x, y: cka(rbf_gram(x), rbf_gram(y), hsic_biased_reference),
+    "rbf_cka_unbiased": lambda x, y: cka(rbf_gram(x), rbf_gram(y), hsic_unbiased_reference),
     "mean_cca": lambda x, y: float(canonical_correlations(x, y).mean()),
     "svcca": lambda x, y: float(canonical_correlations(svd_reduced(x), svd_reduced(y)).mean()),
     "pwcca": pwcca_reference,
@@ -143,7 +124,7 @@ def test_layer_matrix_with_layers_at_different_magnitudes(form):
     x, y = related_pair(1)
     layers_a, layers_b = [1e155 * x, 1e-170 * x, x], [1e80 * y, y]
     result = layer_similarity_matrix(layers_a, layers_b, "linear_cka", form=form)
-    expected = cka(x @ x.T, y @ y.T, hsic_biased)
+    expected = cka(x @ x.T, y @ y.T, hsic_biased_reference)
     np.testing.assert_allclose(result.values, np.full((3, 2), expected), rtol=0, atol=1e-10)
 
 
@@ -153,7 +134,7 @@ def test_blocked_gram_form_at_extreme_magnitude():
     result = layer_similarity_matrix([1e155 * x], [1e-170 * y], "linear_cka_unbiased", form="gram",
                                      memory_budget_bytes=16 * x.shape[0] * 8)
     assert result.form == "gram-blocked"
-    assert result.values[0, 0] == pytest.approx(cka(x @ x.T, y @ y.T, hsic_unbiased), abs=1e-10)
+    assert result.values[0, 0] == pytest.approx(cka(x @ x.T, y @ y.T, hsic_unbiased_reference), abs=1e-10)
 
 
 def test_rbf_bandwidths_are_reported_in_the_units_of_the_data():
@@ -195,7 +176,7 @@ def test_non_finite_values_are_still_refused_with_their_location():
 def minibatch_reference(batches_a: list[np.ndarray], batches_b: list[np.ndarray]) -> float:
     """Nguyen et al. 2021, eq. (3) on the given (ordinary-magnitude) batches."""
     def total(xs, ys):
-        return sum(hsic_unbiased(x @ x.T, y @ y.T) for x, y in zip(xs, ys))
+        return sum(hsic_unbiased_reference(x @ x.T, y @ y.T) for x, y in zip(xs, ys))
 
     return total(batches_a, batches_b) / np.sqrt(total(batches_a, batches_a) * total(batches_b, batches_b))
 
@@ -250,17 +231,6 @@ def test_gloo_all_reduce_aligns_the_scales_of_the_ranks(tmp_path):
     data_file = tmp_path / "data.npz"
     np.savez(data_file, layers_a=scaled_x[None], layers_b=y[None], batch_rows=16)
     out_file = tmp_path / "result.npz"
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(rank), "2", str(tmp_path / "store"), str(data_file), str(out_file)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for rank in range(2)
-    ]
-    # A deadlock guard, not a speed check: a broken rendezvous would otherwise hang the suite.
-    outputs = [process.communicate(timeout=300)[0] for process in ranks]
-    assert all(process.returncode == 0 for process in ranks), "\n".join(outputs)
+    run_two_gloo_ranks(tmp_path, data_file, out_file)
     expected = minibatch_reference([f / 1e150 * b for f, b in zip(factors, xs)], ys)
     assert float(np.load(out_file)["values"][0, 0]) == pytest.approx(expected, abs=1e-10)

@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from similarity_references import hsic_unbiased_reference, run_two_gloo_ranks
 
 from pkt_core.errors import SimilarityInputError
 from pkt_core.similarity import MinibatchCKA
-
-WORKER = Path(__file__).with_name("similarity_gloo_worker.py")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def hsic_unbiased_reference(k: np.ndarray, l: np.ndarray) -> float:
-    """Song et al. 2012, eq. (5)."""
-    n = k.shape[0]
-    kt, lt = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
-    ones = np.ones(n)
-    return float(
-        np.trace(kt @ lt) + (ones @ kt @ ones) * (ones @ lt @ ones) / ((n - 1) * (n - 2))
-        - 2.0 / (n - 2) * (ones @ kt @ lt @ ones)
-    ) / (n * (n - 3))
 
 
 def minibatch_reference(layers_a, layers_b, batch_rows: int) -> np.ndarray:
@@ -136,18 +118,7 @@ def test_gloo_all_reduce_over_two_processes_gives_the_single_process_answer(laye
              batch_rows=batch_rows)
     # Zero padding columns to stack the layers changes no Gram matrix, so no CKA value.
     out_file = tmp_path / "result.npz"
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(rank), "2", str(tmp_path / "store"), str(data_file), str(out_file)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for rank in range(2)
-    ]
-    # A deadlock guard, not a speed check: a broken rendezvous would otherwise hang the suite.
-    outputs = [process.communicate(timeout=300)[0] for process in ranks]
-    assert all(process.returncode == 0 for process in ranks), "\n".join(outputs)
+    run_two_gloo_ranks(tmp_path, data_file, out_file)
     result = np.load(out_file)
     assert int(result["world"]) == 2
     assert (int(result["n_batches"]), int(result["n_rows"])) == (6, 96)
