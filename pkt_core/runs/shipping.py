@@ -18,17 +18,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from pkt_core.atomic_files import replace_directory, write_json_atomic
+from pkt_core.atomic_files import replace_directory
 from pkt_core.runs.reader import RunReadError, open_run
+from pkt_core.runs.writer import write_validated_manifest
 from pkt_core.runs.schema import (
     CROSS_MAP_FILE,
-    MANIFEST_FILE,
     PROBE_ACTIVATIONS_FILE,
     WEIGHT_DELTA_FILE,
-    RunManifest,
     ShippedRecord,
-    parse_record,
-    record_json,
 )
 
 LEFT_OUT = (WEIGHT_DELTA_FILE,)
@@ -65,8 +62,7 @@ def ship_run(run_folder: Path, destination_root: Path, reproduce_command: str,
         tensors = load_file(staging / name)
         save_file({key: value.to(torch.float16) for key, value in tensors.items()}, staging / name)
     manifest.shipped = ShippedRecord(left_out=left_out, stored_float16=halved, reproduce=reproduce_command)
-    write_json_atomic(staging / MANIFEST_FILE, record_json(parse_record(RunManifest, record_json(manifest),
-                                                                        MANIFEST_FILE)))
+    write_validated_manifest(staging, manifest)
     replace_directory(staging, destination)
     return destination
 

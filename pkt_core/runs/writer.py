@@ -87,6 +87,15 @@ def environment_record() -> dict:
     }
 
 
+def write_validated_manifest(folder: Path, manifest: RunManifest) -> RunManifest:
+    """Validate the manifest as a reader will (JSON out, record back in), then write it atomically;
+    returns the record as read back."""
+    payload = record_json(manifest)
+    checked = parse_record(RunManifest, json.loads(json.dumps(payload, default=_json_default)), MANIFEST_FILE)
+    write_json_atomic(folder / MANIFEST_FILE, payload)
+    return checked
+
+
 class RunWriter:
     """Writes one run. ``manifest`` holds what the run knows before it starts (method, pair,
     config, data, ...); the writer adds status, times, environment, provenance and the format."""
@@ -125,10 +134,7 @@ class RunWriter:
 
     # -- manifest -------------------------------------------------------------------------
     def write_manifest(self) -> None:
-        """Validate the manifest as a reader will (JSON out, record back in), then write it."""
-        payload = record_json(self.manifest)
-        self.manifest = parse_record(RunManifest, json.loads(json.dumps(payload, default=_json_default)), MANIFEST_FILE)
-        write_json_atomic(self.partial / MANIFEST_FILE, payload)
+        self.manifest = write_validated_manifest(self.partial, self.manifest)
 
     def record_stage(self, name: str, record: dict) -> None:
         self.manifest.stages[name] = StageCost.model_validate(record)
@@ -256,6 +262,4 @@ class RunAmender:
         self.manifest.artefacts = sorted(set(self.manifest.artefacts) | set(self.added))
         self.manifest.amendments.append({"at": _now(), "what": what, "files": sorted(self.added),
                                          "provenance": provenance_record(), **(details or {})})
-        payload = record_json(self.manifest)
-        parse_record(RunManifest, json.loads(json.dumps(payload, default=_json_default)), MANIFEST_FILE)
-        write_json_atomic(self.folder / MANIFEST_FILE, payload)
+        self.manifest = write_validated_manifest(self.folder, self.manifest)

@@ -130,12 +130,12 @@ def texts(at) -> str:
 def edit_manifest(run: Path, edit) -> None:
     """Change a run's manifest through the schema (read, ``edit(manifest)``, validate, write), as the
     library's writer would: a test never leaves a manifest its readers would refuse by accident."""
-    from pkt_core.runs.schema import MANIFEST_FILE, RunManifest, parse_record, read_json_record, record_json
-    from pkt_core.runs.writer import write_json_atomic
+    from pkt_core.runs.schema import MANIFEST_FILE, RunManifest, read_json_record
+    from pkt_core.runs.writer import write_validated_manifest
 
     manifest = read_json_record(RunManifest, run / MANIFEST_FILE)
     edit(manifest)
-    write_json_atomic(run / MANIFEST_FILE, record_json(parse_record(RunManifest, record_json(manifest), MANIFEST_FILE)))
+    write_validated_manifest(run, manifest)
 
 
 def remove_artefacts(run: Path, *names: str) -> None:
