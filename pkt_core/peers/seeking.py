@@ -21,6 +21,7 @@ knowledge (the delta is relative to the untouched target).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,9 @@ from pkt_core.peers.sensitivity import (
 )
 from pkt_core.peers.subblock import SubBlock, max_sum_subblock
 from pkt_core.peers.sublayers import block_layout, find_submodule, replace_submodule
-from pkt_core.peers.training import answer_ce, train_minibatches
+from pkt_core.peers.training import StepCallback, answer_ce, train_minibatches
+from pkt_core.transfer.alignment_data import TokenisedSamples
+from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.frontier import apply_weight_delta, block_parameter_prefix
 from pkt_core.transfer.lora import LoRALinear
 from pkt_core.transfer.run_skeleton import (
@@ -79,7 +82,7 @@ def low_rank_factors(block: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     """Truncated SVD in float64: ``(U_r S_r, V_r^T, energy kept)``; r is capped by the block's shape."""
     u, s, vh = torch.linalg.svd(block.detach().to("cpu", torch.float64), full_matrices=False)
     r = min(rank, s.numel())
-    energy = float((s[:r].square().sum() / s.square().sum().clamp(min=1e-300)))
+    energy = float(s[:r].square().sum() / s.square().sum().clamp(min=1e-300))
     # float32 whatever the source stores: the factors become trained float32 LoRA weights.
     return (u[:, :r] * s[:r]).to(torch.float32), vh[:r].to(torch.float32), energy
 
@@ -162,6 +165,36 @@ def _factor_checkpoint(extracted: list[ExtractedMatrix]) -> dict[str, torch.Tens
     return tensors
 
 
+def fine_tune_extracted(target: LoadedModel, extracted: list[ExtractedMatrix], samples: TokenisedSamples,
+                        config: TransferConfig, on_step: StepCallback | None = None,
+                        should_cancel: Callable[[], bool] | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Step 5: LoRA fine-tuning of the target from the extracted factors; returns the loss records and
+    the trained factors (the run's delta), which are left applied to the target's weights."""
+    model = target.model
+    requires = {name: p.requires_grad for name, p in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    torch.manual_seed(config.seed)  # the LoRA dropout masks
+    wrappers = inject_extracted_knowledge(target, extracted, config.seeking_lora_dropout)
+    model.train(False)  # the base model's own dropout stays off, as in SemAlign's stages
+    for wrapper in wrappers.values():
+        wrapper.train(True)  # LoRA dropout, as in the paper
+    try:
+        records = train_minibatches(
+            samples, [p for w in wrappers.values() for p in (w.lora_a, w.lora_b)],
+            lambda batch: {"answer_ce": answer_ce(target, batch)}, config.losses, config.learning_rate,
+            config.batch_size, config.epochs, config.seed, "seeking", on_step, should_cancel,
+            precision=target.precision)
+    finally:
+        factors = remove_lora(target, wrappers)
+        model.train(False)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(requires[name])
+    # The same arithmetic as re-applying the saved delta to an untouched target: exact.
+    apply_weight_delta(model, factors)
+    return records, factors
+
+
 def train_seeking(context: RunContext) -> TrainedTransfer:
     config, source, target, writer, stages = (context.config, context.source, context.target,
                                               context.writer, context.stages)
@@ -214,29 +247,8 @@ def train_seeking(context: RunContext) -> TrainedTransfer:
         return TrainedTransfer(delta, LORA_DELTA_FORMAT, trainable)
 
     def fine_tune():
-        model = target.model
-        requires = {name: p.requires_grad for name, p in model.named_parameters()}
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        torch.manual_seed(config.seed)
-        wrappers = inject_extracted_knowledge(target, extracted, config.seeking_lora_dropout)
-        model.train(False)  # the base model's own dropout stays off, as in SemAlign's stages
-        for wrapper in wrappers.values():
-            wrapper.train(True)  # LoRA dropout, as in the paper
-        try:
-            records = train_minibatches(
-                context.alignment, [p for w in wrappers.values() for p in (w.lora_a, w.lora_b)],
-                lambda batch: {"answer_ce": answer_ce(target, batch)}, config.losses, config.learning_rate,
-                config.batch_size, config.epochs, config.seed, "seeking", context.on_progress, context.should_cancel,
-                precision=target.precision)
-        finally:
-            factors = remove_lora(target, wrappers)
-            model.train(False)
-            for name, parameter in model.named_parameters():
-                parameter.requires_grad_(requires[name])
-        # The same arithmetic as re-applying the saved delta to an untouched target: exact.
-        apply_weight_delta(model, factors)
-        return records, factors
+        return fine_tune_extracted(target, extracted, context.alignment, config, context.on_progress,
+                                   context.should_cancel)
 
     records, delta = stages.run("training", fine_tune, lambda result: result[1])
     context.save_loss_rows(context.loss_rows() + records)

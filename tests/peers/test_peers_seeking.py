@@ -10,6 +10,7 @@ from pkt_core.peers.seeking import (
     SeekingError,
     check_pair,
     extract_knowledge,
+    fine_tune_extracted,
     inject_extracted_knowledge,
     remove_lora,
 )
@@ -19,7 +20,9 @@ from pkt_core.peers.sensitivity import (
     select_layers,
 )
 from pkt_core.transfer.alignment_data import tokenise_samples
+from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.frontier import apply_weight_delta
+from pkt_core.transfer.lora import LoRALinear
 
 
 def _independent_sensitivity(loaded, samples, names):
@@ -122,8 +125,8 @@ def test_svd_initialised_lora_model_is_target_plus_the_rank_r_delta():
                                    atol=1e-6, rtol=0)
     reference = fresh_copy(target, {k: v.float() for k, v in expected_state.items()})
     batch = tokenise_samples(target.tokenizer, addition_samples(6, seed=3), 32)
-    arguments = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     position_ids=position_ids_from_mask(batch.attention_mask))
+    arguments = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                 "position_ids": position_ids_from_mask(batch.attention_mask)}
     with torch.no_grad():
         torch.testing.assert_close(target.model(**arguments).logits, reference(**arguments).logits, atol=1e-5, rtol=1e-5)
 
@@ -133,6 +136,50 @@ def test_svd_initialised_lora_model_is_target_plus_the_rank_r_delta():
     apply_weight_delta(target.model, factors)
     for name in wrappers:
         np.testing.assert_allclose(target.model.state_dict()[name].double().numpy(), expected_state[name].numpy(), atol=1e-6)
+
+
+def test_fine_tuning_takes_one_adamw_step_from_the_extracted_factors():
+    source, target = tiny_pair()
+    samples = tokenise_samples(target.tokenizer, addition_samples(4, seed=2), 32)
+    _, _, extracted = extract_knowledge(source, target, decoder_parameter_sensitivity(source, samples), rank=4)
+    untouched = state_copy(target)
+    lr = 1e-3
+    config = TransferConfig(source="s", target="t", data_file="d.jsonl", method="seeking", epochs=1,
+                            batch_size=len(samples), learning_rate=lr, seeking_lora_dropout=0.0)
+
+    # Reference: the gradient G of the answer CE at the merged weights W + B A (plain HF forward);
+    # the factors' gradients are G A^T and B^T G, and AdamW's first step (bias-corrected, no decay)
+    # moves each by lr * g / (|g| + eps).
+    merged = {f"model.layers.{e.target_layer}.{e.matrix}.weight": e for e in extracted}
+    state = {k: v.clone() for k, v in untouched.items()}
+    for name, item in merged.items():
+        state[name] = (untouched[name].double() + item.scaled_b.double() @ item.a.double()).float()
+    reference = fresh_copy(target, state)
+    logits = reference(input_ids=samples.input_ids, attention_mask=samples.attention_mask,
+                       position_ids=position_ids_from_mask(samples.attention_mask)).logits
+    mask = samples.prediction_mask()
+    loss = torch.nn.functional.cross_entropy(logits[mask], samples.next_tokens()[mask])
+    loss.backward()
+    parameters = dict(reference.named_parameters())
+
+    def adam_step(value, gradient):
+        return value - lr * gradient / (gradient.abs() + 1e-8)
+
+    records, factors = fine_tune_extracted(target, extracted, samples, config)
+    assert len(records) == 1 and records[0]["loss_answer_ce"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    weights = target.model.state_dict()
+    for name, item in merged.items():
+        gradient = parameters[name].grad.double()
+        b, a = item.scaled_b.double(), item.a.double()
+        expected_b, expected_a = adam_step(b, gradient @ a.T), adam_step(a, b.T @ gradient)
+        assert factors[f"{name}.lora_b"].dtype == torch.float32
+        np.testing.assert_allclose(factors[f"{name}.lora_b"].double().numpy(), expected_b.numpy(), rtol=0, atol=lr * 1e-3)
+        np.testing.assert_allclose(factors[f"{name}.lora_a"].double().numpy(), expected_a.numpy(), rtol=0, atol=lr * 1e-3)
+        # The trained delta is left applied: W + B' A'.
+        np.testing.assert_allclose(weights[name].double().numpy(),
+                                   (untouched[name].double() + expected_b @ expected_a).numpy(), rtol=0, atol=1e-4)
+    assert all(p.requires_grad for p in target.model.parameters())  # flags restored
+    assert not any(isinstance(module, LoRALinear) for module in target.model.modules())  # wrappers taken off
 
 
 def test_a_shallower_source_is_refused():
