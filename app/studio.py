@@ -118,6 +118,8 @@ def _figure_builders() -> dict:
     return {
         "alignment_heatmap": alignment_page.alignment_heatmap,
         "alignment_profiles": alignment_page.alignment_profiles,
+        "linear_probe_lines": alignment_page.linear_probe_lines,
+        "linear_probe_summary": alignment_page.linear_probe_summary,
         "mapping_bipartite": mapping_page.mapping_bipartite,
         "attribution_bars": mapping_page.attribution_bars,
         "fidelity_lines": mapping_page.fidelity_lines,

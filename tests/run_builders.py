@@ -65,6 +65,30 @@ def role_scores(seed: int) -> dict[str, list[float]]:
     return {role: [float(x) for x in rng.integers(0, 2, len(ITEM_IDS))] for role in ROLES}
 
 
+def _linear_probe(writer: RunWriter, rng: np.random.Generator) -> list[dict]:
+    """linear_probe.parquet and its manifest record: seeded accuracies per model and layer."""
+    from pkt_core.runs.schema import LinearProbeRecord, LinearProbeRoleRecord
+    from pkt_core.transfer.linear_probe import LayerProbe, probe_table_rows
+
+    rows, roles = [], {}
+    for role, layers in (("source", N_SOURCE), ("target_before", N_TARGET), ("target_after", N_TARGET)):
+        results = []
+        for layer in range(layers):
+            accuracy = float(rng.uniform(0.2, 0.6))
+            results.append(LayerProbe(layer=layer, accuracy=accuracy, ci_low=accuracy - 0.05, ci_high=accuracy + 0.05,
+                                      fold_accuracies=(accuracy - 0.02, accuracy + 0.02), log_loss=1.3, chance=0.3,
+                                      chance_log_loss=1.38, n_items=40, n_classes=4, folds=2, iterations=12,
+                                      converged=True, seconds=0.01))
+        rows += probe_table_rows(role, results, layers, "block output at the last prompt token")
+        roles[role] = LinearProbeRoleRecord(layers=layers, cache="off", capture_seconds=0.1, fit_seconds=0.01)
+    writer.save_table("linear_probe.parquet", rows)
+    writer.manifest.linear_probe = LinearProbeRecord(status="computed", task="mmlu", items=40, item_rule="test items",
+                                                     items_digest="abc", label="gold option index (0 = A)",
+                                                     state="block output at the last prompt token", chance=0.3,
+                                                     roles=roles)
+    return rows
+
+
 def write_full_run(folder: Path, seed: int = 0, method: str = "semalign",
                    cross_map_shape: tuple[int, int] = (8, 16)) -> tuple[Path, dict]:
     """Every file kind of the run format, through RunWriter and the evaluation records; returns
@@ -97,6 +121,7 @@ def write_full_run(folder: Path, seed: int = 0, method: str = "semalign",
                           "loss_layer_cosine": float(rng.uniform(0.1, 1.0)), "seconds": 0.1}
                          for layer in range(N_TARGET) for step in range(2)]
     writer.save_table("stage_losses.parquet", written["losses"])
+    written["linear_probe"] = _linear_probe(writer, rng)
     writer.save_tensors("probe_activations.safetensors", {
         f"{role}.layer.{l}": torch.randn(4, 16 if role == "source" else 8, generator=torch.Generator().manual_seed(l))
         for role, layers in (("source", N_SOURCE), ("target_before", N_TARGET), ("target_after", N_TARGET))

@@ -10,6 +10,7 @@ from pkt_core.figures.alignment_page import (
     PEER_PAIRING,
     VIEW_TITLES,
     layer_map_names,
+    linear_probe_status,
     measure_description,
     measures_in_run,
     missing_measures,
@@ -99,3 +100,16 @@ with st.expander("Files"):
                    "shape": f"{f.record.shape[0]} x {f.record.shape[1]}", "rows": f.record.n_rows,
                    "notes": "; ".join(f.record.notes)} for f in run.similarity_entries()], hide_index=True,
                  key="alignment_files")
+
+st.subheader("Linear probe: the gold answer from each layer's state")
+probe_missing = linear_probe_status(run)
+if probe_missing is not None:
+    st.info(probe_missing)
+else:
+    st.caption("How well a cross-validated logistic regression on each layer's state at the prompt's last token "
+               "predicts the gold option, for the source, the target before and the target after transfer; computed "
+               "by the run on its probe items and read from `linear_probe.parquet`.")
+    studio.show_figure(studio.cached_spec("linear_probe_lines", folder), "linear-probe", height=400)
+    st.dataframe(studio.cached_spec("linear_probe_summary", folder), hide_index=True, key="linear_probe_summary")
+    with st.expander("Every layer"):
+        st.dataframe(run.linear_probe(), hide_index=True, key="linear_probe_layers")

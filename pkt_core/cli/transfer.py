@@ -59,6 +59,8 @@ def add_transfer_parser(commands) -> None:
     hyper = parser.add_argument_group("hyper-parameters")
     hyper.add_argument("--align-samples", type=int, default=32)
     hyper.add_argument("--probe-samples", type=int, default=48, help="held-out prompts for CKA and projections")
+    hyper.add_argument("--probe-items", type=int, default=300,
+                       help="labelled evaluation items of the layer-wise linear probe (choice tasks; 0: off)")
     hyper.add_argument("--steps", type=int, default=2, help="optimizer steps per stage (semalign, kd, finetune)")
     hyper.add_argument("--batch-size", type=int, help="default 8; laten 16 (the paper's examples per step)")
     hyper.add_argument("--lr", type=float, help="default 1e-4; seeking 3e-4 (the paper's); laten 1e-3")
@@ -138,7 +140,7 @@ def run_transfer_command(args: argparse.Namespace) -> int:
         fidelity=args.fidelity, epochs=args.epochs, seeking_seed_samples=args.seed_samples,
         seeking_lora_dropout=args.lora_dropout, laten_top_layers=args.laten_layers,
         laten_neuron_fraction=args.neuron_fraction, laten_hidden_size=args.hypernet_hidden,
-        allow_shared_subset=args.allow_shared_subset,
+        allow_shared_subset=args.allow_shared_subset, linear_probe_items=args.probe_items,
     )
     out = args.out or default_run_folder(config)
     bar = tqdm(desc=args.method, unit="step")

@@ -207,3 +207,89 @@ def outlier_note(run: Run) -> str:
         parts.append(f"{manifest.data.cka_rows} {unit} (a seeded subset when there are more than the cap)")
     parts.append("no norm-based outlier filter beyond that")
     return "; ".join(parts)
+
+
+# -- layer-wise linear probe ------------------------------------------------------------------
+
+LINEAR_PROBE_CHANCE = "chance (majority label)"
+PROBE_ROLES = ("source", "target_before", "target_after")
+
+
+def linear_probe_status(run: Run) -> str | None:
+    """None when the run holds its linear probe; else the sentence that says why it has none."""
+    record = run.manifest.linear_probe
+    if record is None:
+        shipped = run.manifest.shipped
+        how = f": `{shipped.reproduce}`" if shipped is not None else " with the command that made it"
+        return (f"Run {run.run_id} has no linear probe: it is computed by runs made after this change (issue 14). "
+                f"Recompute the run to get it{how}.")
+    if record.status == "skipped":
+        return f"Run {run.run_id} has no linear probe: {record.reason}."
+    if run.linear_probe() is None:
+        return (f"Run {run.run_id} computed a linear probe but holds no linear_probe.parquet (left out when it was "
+                "shipped or copied); recompute the run to see it.")
+    return None
+
+
+def _probe_table(run: Run) -> pd.DataFrame:
+    why_not = linear_probe_status(run)
+    if why_not is not None:
+        raise FigureError(why_not)
+    table = run.linear_probe()
+    order = {role: index for index, role in enumerate(PROBE_ROLES)}
+    return table.assign(_order=table["model"].map(order)).sort_values(["_order", "layer"]).drop(columns="_order")
+
+
+def linear_probe_lines(run: Run) -> FigureSpec:
+    """Per layer: cross-validated accuracy of the linear probe with its Wilson interval, one line per
+    model (source, target before, target after), over relative depth, with the chance level."""
+    table = _probe_table(run)
+    record = run.manifest.linear_probe
+    data = table[["model", "layer", "n_layers", "relative_depth", "accuracy", "ci_low", "ci_high", "chance",
+                  "accuracy_fold_mean", "accuracy_fold_std", "n_items", "folds"]].reset_index(drop=True)
+    chance = float(table["chance"].max())
+    level = pd.DataFrame({"model": LINEAR_PROBE_CHANCE, "relative_depth": [0.0, 1.0], "accuracy": chance,
+                          "ci_low": chance, "ci_high": chance, "chance": chance})
+    data = pd.concat([data, level], ignore_index=True)
+    items, folds = int(table["n_items"].max()), int(table["folds"].max())
+    notes = [(f"x: relative depth, layer / (layers - 1) of each model (0 = first block, 1 = last), so the source's "
+              f"{run.manifest.source.num_layers} and the target's {run.manifest.target.num_layers} layers share one "
+              "axis; the table of every layer and the CSV give each point's own layer."),
+             (f"y: pooled out-of-fold accuracy of a logistic regression on the layer's state ({record.state}), "
+              f"{folds}-fold stratified cross-validation on {items} items ({record.item_rule}); bars: Wilson "
+              f"{table['confidence'].max():.0%} interval over the {items} out-of-fold predictions."),
+             f"Dashed: chance, the majority label's share ({chance:.3f}); the label is the {record.label}."]
+    if not table["converged"].all():
+        notes.append(f"{int((~table['converged']).sum())} layer fits reached the iteration limit.")
+    caption = {"run_id": run.run_id, "items": items, "item_rule": record.item_rule, "state": record.state,
+               "prompt": record.prompt, "classifier": record.classifier, "x_axis": "relative depth"}
+    encoding = {"x": "relative_depth", "y": "accuracy", "series": "model", "low": "ci_low", "high": "ci_high",
+                "reference": [LINEAR_PROBE_CHANCE], "x_label": "relative depth (layer / (layers - 1))",
+                "y_label": "cross-validated accuracy"}
+    return FigureSpec("linear-probe", "lines", "Linear probe: gold answer from each layer's state", data, caption,
+                      encoding, notes)
+
+
+def linear_probe_summary(run: Run) -> pd.DataFrame:
+    """One row per model: the best layer with its accuracy and interval, the last layer, the mean over
+    layers, chance, and what the model's probe cost."""
+    table = _probe_table(run)
+    roles = run.manifest.linear_probe.roles
+    rows = []
+    for role in PROBE_ROLES:
+        part = table[table["model"] == role]
+        if part.empty:
+            continue
+        best, last = part.loc[part["accuracy"].idxmax()], part.loc[part["layer"].idxmax()]
+        cost = roles.get(role)
+        rows.append({"model": role, "layers": len(part), "best layer": int(best["layer"]),
+                     "best accuracy": round(float(best["accuracy"]), 3),
+                     "best 95% interval": f"{best['ci_low']:.3f}-{best['ci_high']:.3f}",
+                     "last layer accuracy": round(float(last["accuracy"]), 3),
+                     "mean over layers": round(float(part["accuracy"].mean()), 3),
+                     "chance": round(float(part["chance"].max()), 3),
+                     "states": {"hit": "from the cache", "miss": "captured (now cached)",
+                                "off": "captured (run-specific)"}.get(cost.cache, cost.cache) if cost else None,
+                     "capture s": cost.capture_seconds if cost else None,
+                     "fit s": round(float(part["seconds"].sum()), 2)})
+    return pd.DataFrame(rows)

@@ -77,6 +77,10 @@ def _draw(axes, figure, spec: FigureSpec, preset: PaperPreset) -> None:
         colours = _series_colours([name for name, _ in groups], preset)
         if spec.kind == "lines":
             for name, group in groups:
+                if name in enc.get("reference", ()):  # a level to compare with (chance)
+                    axes.plot(group[enc["x"]], group[enc["y"]], linestyle="--", color="#7f7f7f",
+                              label=ROLE_NAMES.get(name, str(name)))
+                    continue
                 axes.plot(group[enc["x"]], group[enc["y"]], marker="o", color=colours[name],
                           label=ROLE_NAMES.get(name, str(name)))
                 if enc.get("low") and enc.get("high"):

@@ -87,7 +87,10 @@ def to_plotly(spec: FigureSpec, preset: PaperPreset = PAPER):
                          "array": (group[enc["high"]] - group[enc["y"]]).to_numpy(),
                          "arrayminus": (group[enc["y"]] - group[enc["low"]]).to_numpy()}
             label = ROLE_NAMES.get(name, str(name))
-            if spec.kind == "lines":
+            if spec.kind == "lines" and name in enc.get("reference", ()):  # a level to compare with (chance)
+                figure.add_trace(go.Scatter(x=group[enc["x"]], y=group[enc["y"]], mode="lines", name=label,
+                                            line={"color": REFERENCE_COLOUR, "dash": "dash"}))
+            elif spec.kind == "lines":
                 figure.add_trace(go.Scatter(x=group[enc["x"]], y=group[enc["y"]], mode="lines+markers", name=label,
                                             line={"color": colours[name]}, error_y=error))
             else:

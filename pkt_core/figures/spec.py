@@ -74,7 +74,8 @@ class FigureSpec:
     kinds and their encodings:
     - ``heatmap``: row, col, value (+ overlay: weight column, drawn as markers where > 0),
       row_label, col_label, value_label, diverging, zmin, zmax
-    - ``lines``: x, y, series (+ low, high for a band), x_label, y_label
+    - ``lines``: x, y, series (+ low, high for a band; ``reference``: series drawn as grey dashed levels),
+      x_label, y_label
     - ``bars``: x, y, series (+ low, high for error bars), x_label, y_label
     - ``scatter``: x, y, colour (+ symbol, hover), x_label, y_label
     - ``bipartite``: edges (map, source_layer, target_layer, weight), n_source, n_target

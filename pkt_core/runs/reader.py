@@ -22,6 +22,7 @@ from pkt_core.runs.schema import (
     COMPARISON_FILE,
     EVALUATION_FOLDER,
     ITEMS_FILE,
+    LINEAR_PROBE_FILE,
     MAPPINGS_FILE,
     ROLES,
     SUMMARY_FILE,
@@ -144,6 +145,12 @@ class Run:
     def comparison(self, task: str) -> PairedComparison | None:
         name = f"{EVALUATION_FOLDER}/{task}/{COMPARISON_FILE}"
         return self._record(PairedComparison, name) if self.has(name) else None
+
+    # -- linear probe -------------------------------------------------------------------
+    def linear_probe(self) -> pd.DataFrame | None:
+        """The layer-wise linear probe (``linear_probe.parquet``: one row per model and layer), checked
+        against its columns; None when the run holds none (``manifest.linear_probe`` says why)."""
+        return self.table_frame(LINEAR_PROBE_FILE, "linear_probe") if self.has(LINEAR_PROBE_FILE) else None
 
     # -- tables and tensors -------------------------------------------------------------
     def table_frame(self, name: str, kind: str | None = None) -> pd.DataFrame:

@@ -12,6 +12,8 @@ which code, at what cost and with which results; the other files hold the arrays
   :class:`PairedComparison` (every evaluated run, ``pkt eval``);
 - ``attribution.parquet``, ``fidelity.parquet``, ``stage_losses.parquet``, ``seeking_*.parquet``,
   ``laten_*.parquet``: the tables of :data:`TABLES`, each with the columns its kind needs;
+- ``linear_probe.parquet``: table ``linear_probe`` of :data:`TABLES`, the layer-wise linear probe (every
+  method, choice tasks; the manifest's :class:`LinearProbeRecord` says how it was made, or why not);
 - ``probe_activations.safetensors``, ``cross_map.safetensors``, ``target_delta.safetensors``: the
   tensor files of :data:`TENSOR_FILES`, each with its key names;
 - ``progress.json`` and ``checkpoints/``: resume state of a partial run (:class:`Progress`),
@@ -53,6 +55,7 @@ COMPARISON_FILE = "comparison_target_before_after.json"
 PROBE_ACTIVATIONS_FILE = "probe_activations.safetensors"
 CROSS_MAP_FILE = "cross_map.safetensors"
 WEIGHT_DELTA_FILE = "target_delta.safetensors"
+LINEAR_PROBE_FILE = "linear_probe.parquet"
 
 RunStatus = Literal["running", "failed", "cancelled", "complete"]
 ROLES = ("source", "target_before", "target_after")
@@ -256,6 +259,33 @@ class Provenance(Record):
     hardware: HardwareRecord
 
 
+class LinearProbeRoleRecord(Record):
+    """How one model's linear-probe states were obtained and what they cost."""
+
+    layers: int = Field(ge=1)
+    cache: Literal["hit", "miss", "off"]  # states read from the cache, captured and stored, or captured only
+    capture_seconds: float = Field(ge=0)
+    fit_seconds: float = Field(ge=0)
+    truncated_prompts: int = Field(default=0, ge=0)  # prompts cut from the left to max_tokens
+
+
+class LinearProbeRecord(Record):
+    """The layer-wise linear probe of a run (``linear_probe.parquet``), or why the run has none."""
+
+    status: Literal["computed", "skipped"]
+    reason: str | None = None  # why it was skipped
+    task: str | None = None
+    items: int = Field(default=0, ge=0)
+    item_rule: str | None = None
+    items_digest: str | None = None
+    label: str | None = None  # what is predicted (the gold option's index)
+    prompt: str | None = None
+    state: str | None = None  # which state of each layer is probed
+    classifier: dict[str, Any] = Field(default_factory=dict)
+    chance: float | None = None  # the majority label's share among the items
+    roles: dict[str, LinearProbeRoleRecord] = Field(default_factory=dict)
+
+
 class RunManifest(Record):
     """``manifest.json``. Every field is named here; a method keeps records of its own under
     ``method_details`` (selected layers, shapes), free-form by method."""
@@ -292,6 +322,8 @@ class RunManifest(Record):
     precision: dict[str, Any] | None = None  # the precision policy the run resolved (compute dtype, autocast, ...)
     # "<measure> <view>" -> why the run holds no such matrix (e.g. too few probe rows for the measure).
     similarity_skipped: dict[str, str] = Field(default_factory=dict)
+    # The layer-wise linear probe: how it was computed, or why not; None in runs made before it existed.
+    linear_probe: LinearProbeRecord | None = None
     # What was added to the complete run afterwards, without retraining (when, which files, by which code).
     amendments: list[dict[str, Any]] = Field(default_factory=list)
     weights_delta: WeightDelta | None = None
@@ -467,6 +499,13 @@ TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (
     TableSpec(name="laten_neurons", description="LaTen: the located neurons of each paired sublayer",
               required={"pair": pa.int64(), "module": pa.string(), "source_layer": pa.int64(),
                         "target_layer": pa.int64(), "source_neuron": pa.int64(), "target_neuron": pa.int64()}),
+    TableSpec(name="linear_probe", description="layer-wise linear probe: per model and layer, how well the state "
+                                               "predicts the gold answer (cross-validated accuracy, its interval, chance)",
+              required={"model": pa.string(), "layer": pa.int64(), "relative_depth": pa.float64(),
+                        "accuracy": pa.float64(), "ci_low": pa.float64(), "ci_high": pa.float64(),
+                        "accuracy_fold_mean": pa.float64(), "accuracy_fold_std": pa.float64(),
+                        "chance": pa.float64(), "n_items": pa.int64(), "n_classes": pa.int64(), "state": pa.string(),
+                        "seconds": pa.float64()}),
 )}
 TABLE_FILES = {f"{name}.parquet": name for name in TABLES if name != "items"}
 

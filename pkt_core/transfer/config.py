@@ -124,6 +124,9 @@ class TransferConfig:
     # Layer similarity on the probe rows, before and after (transfer/probe_similarity.py): the CKA and
     # CCA families by default.
     similarity_measures: list[str] = field(default_factory=lambda: list(DEFAULT_SIMILARITY_MEASURES))
+    # The layer-wise linear probe (transfer/linear_probe_stage.py): how many labelled evaluation items of a
+    # choice task it is fitted on (cross-validated); 0 switches it off. Generation tasks and --data runs skip it.
+    linear_probe_items: int = 300
     # Whole-model peer methods (seeking, laten): passes over the alignment samples, one optimizer
     # step per minibatch of ``batch_size`` (unused, and None, for the frontier methods).
     epochs: int | None = None
@@ -164,6 +167,8 @@ class TransferConfig:
             raise TransferConfigError(f"unknown evaluation tasks {sorted(unknown_tasks)}; choose from {', '.join(TASKS)}")
         if self.align_samples < 1 or self.steps_per_stage < 1 or self.batch_size < 1 or (self.epochs or 1) < 1:
             raise TransferConfigError("align_samples, steps_per_stage, batch_size and epochs must be at least 1")
+        if self.linear_probe_items < 0:
+            raise TransferConfigError(f"linear_probe_items must be 0 (off) or a number of items, not {self.linear_probe_items}")
         if self.trainable not in {"block", "lora"}:
             raise TransferConfigError("trainable must be 'block' or 'lora'")
         if self.lora_rank < 1:

@@ -60,6 +60,7 @@ from pkt_core.transfer.alignment_data import (
     tokenise_samples,
 )
 from pkt_core.transfer.config import TransferConfig
+from pkt_core.transfer.linear_probe_stage import linear_probe_after, linear_probe_before
 from pkt_core.transfer.losses import LOSS_PAPER_VERSIONS
 from pkt_core.transfer.probe_similarity import probe_similarity_records
 from pkt_core.transfer.sequence_alignment import LEVEL_NOTE, SEQUENCE_LEVEL
@@ -325,6 +326,7 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
             "target_source_before", cross_rows, config.similarity_measures), "target_source_before"))
     cka_before = np.array(read_json_record(
         SimilarityMatrixFile, writer.path(similarity_file_name("linear_cka", "target_source_before"))).values)
+    linear_probe_before(config, source, target, writer, stages)  # the untouched pair; after training: below
 
     for task in config.eval_tasks:
         _evaluate_role(stages, writer, source, task, "source", config.eval_limit, config.eval_settings)
@@ -349,6 +351,7 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
         writer.save_tensors("probe_activations.safetensors", {k: v.to(torch.float16) for k, v in pooled.items()})
 
     stages.run("probe_after", probe_after)
+    linear_probe_after(config, target, writer, stages)
     if config.eval_tasks:
         transferred = transferred_view(target, trained.delta, writer.manifest.run_id)
         for task in config.eval_tasks:

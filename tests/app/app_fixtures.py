@@ -63,7 +63,8 @@ def transfer_config(source: Path, target: Path, **changes):
     from pkt_core.transfer.config import TransferConfig
 
     base = dict(source=str(source), target=str(target), variant="v1", task="mmlu", align_samples=8, probe_samples=12,
-                steps_per_stage=2, batch_size=4, learning_rate=1e-3, max_tokens=160)
+                steps_per_stage=2, batch_size=4, learning_rate=1e-3, max_tokens=160,
+                linear_probe_items=60)  # the layer-wise linear probe on 60 MMLU items (5-fold), not 300
     base.update(changes)
     return TransferConfig(**base)
 

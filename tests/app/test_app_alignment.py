@@ -108,3 +108,49 @@ def test_a_measure_the_run_lacks_is_named_and_one_view_only_offers_that_view(app
     at.radio(key="alignment_view").set_value("target_source_after").run()
     assert not at.exception
     assert "holds no mean_cca matrix for this view" in texts(at)
+
+
+PROBE_LINES = {"source": "source", "target_before": "target before", "target_after": "target after"}
+
+
+def test_the_linear_probe_panel_draws_each_models_accuracy_per_layer_over_relative_depth_with_chance(app_test, app_run):
+    import pandas as pd
+
+    at = app_test("views/alignment.py")
+    table = pd.read_parquet(app_run / "linear_probe.parquet")
+    traces = {trace["name"]: trace for trace in chart(at, "linear-probe")["data"]}
+    assert set(traces) == {*PROBE_LINES.values(), "chance (majority label)"}
+    for role, name in PROBE_LINES.items():
+        rows = table[table["model"] == role].sort_values("layer")
+        assert len(rows) == {"source": 4}.get(role, 3)
+        np.testing.assert_allclose(decode(traces[name]["y"]), rows["accuracy"])
+        np.testing.assert_allclose(decode(traces[name]["x"]), rows["layer"] / (rows["n_layers"] - 1))
+        np.testing.assert_allclose(decode(traces[name]["error_y"]["array"]), rows["ci_high"] - rows["accuracy"])
+        np.testing.assert_allclose(decode(traces[name]["error_y"]["arrayminus"]), rows["accuracy"] - rows["ci_low"])
+    chance = traces["chance (majority label)"]
+    assert chance["line"]["dash"] == "dash" and set(decode(chance["y"])) == {table["chance"].iloc[0]}
+    summary = next(frame.value for frame in at.dataframe if "best layer" in frame.value.columns).set_index("model")
+    for role in PROBE_LINES:
+        rows = table[table["model"] == role]
+        assert summary.loc[role, "best accuracy"] == pytest.approx(rows["accuracy"].max(), abs=5e-4)
+        assert summary.loc[role, "best layer"] == rows.loc[rows["accuracy"].idxmax(), "layer"]
+    assert "relative depth" in texts(at) and "Wilson" in texts(at)
+
+
+def test_a_run_without_the_linear_probe_says_why_and_the_page_still_draws(app_test, app_run):
+    from app_fixtures import edit_manifest, remove_artefacts
+
+    remove_artefacts(app_run, "linear_probe.parquet")
+    edit_manifest(app_run, lambda manifest: setattr(manifest, "linear_probe", None))  # as a run made before it
+    at = app_test("views/alignment.py")
+    assert not at.exception and not at.error
+    assert "computed by runs made after this change" in texts(at) and "Recompute the run" in texts(at)
+    assert chart(at, "alignment-heatmap")  # the rest of the page as before
+
+    from pkt_core.runs.schema import LinearProbeRecord
+
+    reason = "humaneval is a generation task: no label"
+    edit_manifest(app_run, lambda manifest: setattr(manifest, "linear_probe",
+                                                    LinearProbeRecord(status="skipped", reason=reason)))
+    at = app_test("views/alignment.py")
+    assert not at.exception and f"has no linear probe: {reason}." in texts(at)

@@ -1,0 +1,186 @@
+"""Each layer's block output at the last prompt token of every probe item, and their cache.
+
+One no-grad pass per batch with a hook on every decoder block (found by the architecture adapter)
+that keeps only the row at each prompt's last token (items x width per layer, float32 on the CPU),
+so memory stays at one forward's activations whatever the number of items. Prompts longer than
+``max_tokens`` keep their end (the answer position) and lose their start; the count is returned.
+Batches are formed from prompts of similar length (sorted), which saves most of the padding.
+
+The states of the source and of the untouched target do not depend on the run: they are cached
+under ``$PKT_HOME/linear_probe_states/``, keyed by the model's fingerprint, its precision policy,
+weight dtype and device type, the item set's digest (ids, prompts, labels), ``max_tokens`` and
+:data:`STATE_DEFINITION`, so a second run on the same pair captures only the trained target. A
+trained target must never be read from or written to the cache: its fingerprint is the untouched
+model's (the caller passes ``use_cache=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pkt_core.capture.hooks import position_ids_from_mask
+from pkt_core.models.loading import LoadedModel
+from pkt_core.models.memory import dtype_name
+from pkt_core.paths import pkt_home
+from pkt_core.transfer.linear_probe_items import ProbeItems
+
+STATE_DEFINITION = "block output (resid_post) at the last prompt token; right padding; v1"
+CACHE_FOLDER = "linear_probe_states"
+# Padded tokens per forward (prompts of similar length batched together). At 4096 the largest transient
+# tensor of a 1.5B Qwen forward (the MLP's 4096 x 8960 float32 activations) is 0.15 GB; only one row
+# per sequence and layer is kept.
+TOKENS_PER_BATCH = 4096
+
+
+@dataclass
+class ProbeStates:
+    """layer -> (items x width) float32 states of one model, and how they were obtained."""
+
+    layers: dict[int, torch.Tensor]
+    truncated_prompts: int  # prompts cut from the left to max_tokens
+    cache: str  # "hit", "miss" (captured and stored) or "off" (captured, not cached)
+    seconds: float  # wall time of the capture (or of reading the cache)
+
+
+def state_cache_dir() -> Path:
+    return pkt_home() / CACHE_FOLDER
+
+
+def _token_ids(tokenizer, prompt: str, max_tokens: int) -> tuple[list[int], bool]:
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if not ids:
+        raise ValueError(f"prompt {prompt[:40]!r} has no tokens")
+    return (ids[-max_tokens:], True) if len(ids) > max_tokens else (ids, False)
+
+
+@contextmanager
+def _last_rows_at(loaded: LoadedModel, last: dict[str, torch.Tensor], rows: dict[int, list[torch.Tensor]]):
+    """Hooks on every decoder block that keep only its output at the positions in ``last["index"]``
+    (one per sequence), so a batch never holds more than the forward itself."""
+    handles = []
+
+    def keep(layer: int):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            index = last["index"].to(hidden.device)
+            rows[layer].append(hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+                               .detach().to("cpu", torch.float32))
+
+        return hook
+
+    try:
+        for layer, block in enumerate(loaded.adapter.decoder_layers()):
+            handles.append(block.register_forward_hook(keep(layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _batches(lengths: list[int], order: list[int]) -> list[list[int]]:
+    """Consecutive runs of ``order`` (sorted by length) holding at most TOKENS_PER_BATCH padded tokens."""
+    batches: list[list[int]] = []
+    for index in order:
+        if batches and (len(batches[-1]) + 1) * lengths[index] <= TOKENS_PER_BATCH:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+@torch.no_grad()
+def last_token_states(loaded: LoadedModel, prompts: list[str] | tuple[str, ...],
+                      max_tokens: int) -> tuple[dict[int, torch.Tensor], int]:
+    """Per layer, the block output at each prompt's last token (items x width, float32, CPU, in
+    the order of ``prompts``); and how many prompts were cut to ``max_tokens``."""
+    encoded = [_token_ids(loaded.tokenizer, prompt, max_tokens) for prompt in prompts]
+    truncated = sum(cut for _, cut in encoded)
+    lengths = [len(ids) for ids, _ in encoded]
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(encoded)), key=lengths.__getitem__)
+    rows: dict[int, list[torch.Tensor]] = {layer: [] for layer in range(loaded.adapter.num_layers)}
+    last: dict[str, torch.Tensor] = {}
+    was_training = loaded.model.training
+    loaded.model.eval()  # a trainer may hand the model back in train mode (LoRA dropout would fire)
+    try:
+        with _last_rows_at(loaded, last, rows):
+            for batch in _batches(lengths, order):
+                width = lengths[batch[-1]]
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, index in enumerate(batch):
+                    ids[row, : lengths[index]] = torch.as_tensor(encoded[index][0])
+                    mask[row, : lengths[index]] = 1
+                last["index"] = torch.tensor([lengths[index] - 1 for index in batch])
+                ids, mask = ids.to(loaded.input_device), mask.to(loaded.input_device)
+                loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                             use_cache=False)
+    finally:
+        loaded.model.train(was_training)
+    restore = torch.argsort(torch.as_tensor(order))  # back to the order of ``prompts``
+    states = {layer: torch.cat(pieces)[restore].contiguous() for layer, pieces in rows.items()}
+    for layer, value in states.items():
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{loaded.name}: layer {layer}'s states at the last prompt token hold NaN or inf")
+    return states, truncated
+
+
+def cache_key(loaded: LoadedModel, items: ProbeItems, max_tokens: int) -> dict:
+    """What identifies a model's probe states: model, precision, device type, items, prompt budget."""
+    return {"fingerprint": loaded.fingerprint, "precision": loaded.precision.name if loaded.precision else None,
+            "weights": dtype_name(loaded.dtype), "device_type": loaded.input_device.type,
+            "items": items.digest, "max_tokens": max_tokens, "state": STATE_DEFINITION}
+
+
+def _cache_file(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return state_cache_dir() / f"{digest}.safetensors"
+
+
+def _read_cached(path: Path, key: dict, items: ProbeItems, num_layers: int) -> ProbeStates | None:
+    """The cached states when the file is whole and is what ``key`` asks for; None otherwise."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if json.loads(metadata.get("key", "null")) != key:
+                return None
+            layers = {layer: handle.get_tensor(f"layer.{layer}") for layer in range(num_layers)}
+        truncated = int(metadata["truncated_prompts"])
+    except Exception:  # noqa: BLE001 - a damaged or partial file is captured again, never trusted
+        return None
+    if any(value.shape[0] != len(items) for value in layers.values()):
+        return None
+    return ProbeStates(layers, truncated, "hit", 0.0)
+
+
+def probe_states(loaded: LoadedModel, items: ProbeItems, max_tokens: int, use_cache: bool = True) -> ProbeStates:
+    """The model's last-prompt-token states on ``items``: from the cache where present (``use_cache``),
+    else captured (and, with ``use_cache``, stored atomically for the next run)."""
+    from safetensors.torch import save_file
+
+    started = time.monotonic()
+    key = cache_key(loaded, items, max_tokens)
+    path = _cache_file(key)
+    if use_cache and path.is_file():
+        cached = _read_cached(path, key, items, loaded.adapter.num_layers)
+        if cached is not None:
+            cached.seconds = time.monotonic() - started
+            return cached
+    layers, truncated = last_token_states(loaded, items.prompts, max_tokens)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        save_file({f"layer.{layer}": value for layer, value in layers.items()}, str(temporary),
+                  metadata={"key": json.dumps(key), "truncated_prompts": str(truncated), "model": loaded.name})
+        os.replace(temporary, path)
+    return ProbeStates(layers, truncated, "miss" if use_cache else "off", time.monotonic() - started)
