@@ -73,6 +73,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
 FRONTIER_METHODS = ("semalign", "kd", "finetune")
 MAPPINGS = ("depth", "depth+critical", "interpolated", "attribution-monotone", "cka-monotone")
 LOSSES = ("layer_cosine", "output_cosine", "relation", "fisher_logit", "output_kl", "answer_ce")
+LINEAR_PROBE_MIN_ITEMS = 20
 
 
 class TransferConfigError(PktError):
@@ -167,8 +168,9 @@ class TransferConfig:
             raise TransferConfigError(f"unknown evaluation tasks {sorted(unknown_tasks)}; choose from {', '.join(TASKS)}")
         if self.align_samples < 1 or self.steps_per_stage < 1 or self.batch_size < 1 or (self.epochs or 1) < 1:
             raise TransferConfigError("align_samples, steps_per_stage, batch_size and epochs must be at least 1")
-        if self.linear_probe_items < 0:
-            raise TransferConfigError(f"linear_probe_items must be 0 (off) or a number of items, not {self.linear_probe_items}")
+        if self.linear_probe_items < 0 or 0 < self.linear_probe_items < LINEAR_PROBE_MIN_ITEMS:
+            raise TransferConfigError(f"linear_probe_items must be 0 (off) or at least {LINEAR_PROBE_MIN_ITEMS} (a few items "
+                                      f"per option in each of 5 folds), not {self.linear_probe_items}")
         if self.trainable not in {"block", "lora"}:
             raise TransferConfigError("trainable must be 'block' or 'lora'")
         if self.lora_rank < 1:

@@ -156,8 +156,9 @@ def test_generation_tasks_data_runs_and_zero_items_have_a_reason_and_choice_task
     assert "--data run" in skip_reason(None, "pairs.jsonl", 300)
     assert "switched off" in skip_reason("mmlu", None, 0)
     assert all(skip_reason(task, None, 300) is None for task in ("mmlu", "arc_easy", "arc_challenge"))
-    with pytest.raises(TransferConfigError, match="linear_probe_items"):
-        TransferConfig(source="a", target="b", task="mmlu", linear_probe_items=-1)
+    for count in (-1, 5):
+        with pytest.raises(TransferConfigError, match="linear_probe_items must be 0 .off. or at least 20"):
+            TransferConfig(source="a", target="b", task="mmlu", linear_probe_items=count)
 
 
 def _reference_last_token_states(loaded, prompts, max_tokens) -> dict[int, np.ndarray]:
