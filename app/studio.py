@@ -128,6 +128,7 @@ def _figure_builders() -> dict:
         "seeking_sensitivity_bars": mapping_page.seeking_sensitivity_bars,
         "laten_location_bars": mapping_page.laten_location_bars,
         "benchmark_summary": benchmarks_page.benchmark_summary,
+        "evaluation_choices": benchmarks_page.evaluation_choices,
         "benchmark_bars": benchmarks_page.benchmark_bars,
         "per_subject": benchmarks_page.per_subject,
         "per_subject_bars": benchmarks_page.per_subject_bars,

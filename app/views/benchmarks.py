@@ -1,4 +1,8 @@
-"""Benchmarks: source / target before / target after per task with intervals, per subject, item flips."""
+"""Benchmarks: source / target before / target after per task with intervals, per subject, item flips.
+
+A run may hold several evaluations of one task (letters, cloze, CircularEval): a formulation picker
+chooses one (default: the first the run asked for) and everything below shows that evaluation.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +20,33 @@ if summary.empty:
             "its manifest. Score the models with `pkt eval` and store the results with the run.")
     st.stop()
 
-tasks = sorted(summary["task"].unique())
-task = st.selectbox("Task", tasks, key="benchmarks_task")
-part = summary[summary["task"] == task]
-metrics = list(dict.fromkeys(part["metric"]))
-from pkt_core.figures.runs_page import PRIMARY_METRICS  # noqa: E402
+from pkt_core.figures.benchmarks_page import default_metric
 
-default = PRIMARY_METRICS.get(task) if PRIMARY_METRICS.get(task) in metrics else metrics[0]
+
+
+def _metric_follows_the_evaluation() -> None:
+    # Another task or formulation is read by its own metric (cloze: acc_norm), not the one picked before.
+    st.session_state.pop("benchmarks_metric", None)
+
+
+choices = studio.cached_spec("evaluation_choices", folder)
+task = st.selectbox("Task", list(choices), key="benchmarks_task", on_change=_metric_follows_the_evaluation)
+offered = {choice.key: choice for choice in choices[task]}
+if len(offered) > 1:
+    key = st.radio("Formulation", list(offered), format_func=lambda k: offered[k].title, horizontal=True,
+                   key="benchmarks_formulation", on_change=_metric_follows_the_evaluation,
+                   help="How the items were asked: letters = the options shown as A, B, .. and the letter scored; "
+                        "cloze = each answer text scored as the continuation (per character); CircularEval = "
+                        "letters, right only under every rotation of the options. The run scored each one for all "
+                        "three models.")
+else:
+    key = next(iter(offered))
+    if offered[key].formulation:
+        st.caption(f"Formulation: {offered[key].title}.")
+choice = offered[key]
+part = summary[summary["evaluation"] == key]
+metrics = list(dict.fromkeys(part["metric"]))
+default = default_metric(choice, metrics)
 metric = st.selectbox("Metric", metrics, index=metrics.index(default), key="benchmarks_metric")
 
 columns = st.columns(3)
@@ -40,17 +64,18 @@ for column, role in zip(columns, ("source", "target_before", "target_after")):
     if interval:
         column.caption(interval)
 
-studio.show_figure(studio.cached_spec("benchmark_bars", folder, task, metric), "benchmarks-bars", height=360)
+studio.show_figure(studio.cached_spec("benchmark_bars", folder, key, metric), "benchmarks-bars", height=360)
 
-if task not in run.evaluated_tasks():
+if key not in run.evaluated_tasks():
     st.caption("Only the manifest's summary is stored for this task: per-subject and per-item views need the "
                "evaluation folders.")
     st.stop()
 
-from pkt_core.figures.benchmarks_page import CHOICE_OPTIONS  # noqa: E402
+from pkt_core.evaluation.tasks import CHOICE_TASKS
+from pkt_core.figures.spec import FigureError
 
 st.subheader("Continuous measures: how far the gold answer moved")
-continuous = studio.cached_spec("continuous_measures", folder, task)
+continuous = studio.cached_spec("continuous_measures", folder, key)
 if continuous.empty:
     st.info("These evaluations hold no per-item gold-answer probabilities (they were scored before the "
             "evaluation recorded them); re-score with `pkt eval` to see a transfer's effect long before "
@@ -59,38 +84,45 @@ else:
     st.dataframe(continuous, hide_index=True, key="benchmarks_continuous")
     st.caption("Paired over the same items, bootstrap 95% intervals; gap closed = (after - before) / "
                "(source - before), with a joint bootstrap of the three models.")
-    moved = studio.cached_spec("items_by_gold_change", folder, task)
+    moved = studio.cached_spec("items_by_gold_change", folder, key)
     if not moved.empty:
         with st.expander("Items by the change of the gold answer's log-probability (target before -> after)"):
             st.dataframe(moved, hide_index=True, key="benchmarks_gold_change")
 
-if task in CHOICE_OPTIONS:
+if task in CHOICE_TASKS:
     st.subheader("Answer format: which option each model picks")
-    letters = studio.cached_spec("letter_distribution_bars", folder, task)
-    for note in letters.notes:
-        (st.warning if "dominated" in note or "at chance" in note else st.caption)(note)
-    studio.show_figure(letters, "benchmarks-letters", height=340, notes=False)
-    st.caption("A model that answers one letter for most items scores the share of that letter among the gold "
-               "answers: a change of its accuracy can be its letter prior moving, not knowledge.")
+    try:
+        letters = studio.cached_spec("letter_distribution_bars", folder, key)
+    except FigureError as error:
+        st.info(f"No answer-format panel: {error}")
+    else:
+        for note in letters.notes:
+            (st.warning if "dominated" in note or "at chance" in note else st.caption)(note)
+        studio.show_figure(letters, "benchmarks-letters", height=340, notes=False)
+        st.caption("A model that answers one letter for most items scores the share of that letter among the gold "
+                   "answers: a change of its accuracy can be its letter prior moving, not knowledge.")
 
 if task == "mmlu":
     st.subheader("Per subject")
-    table = studio.cached_spec("per_subject", folder, task)
+    table = studio.cached_spec("per_subject", folder, key)
     if not table.empty:
         subjects = sorted(table["subject"].unique())
-        wide = table.pivot_table(index="subject", columns="role", values="acc")
+        # Per subject the summaries keep acc and acc_norm: the cloze formulation is read by acc_norm.
+        subject_metric = "acc_norm" if default == "acc_norm" and "acc_norm" in table else "acc"
+        st.caption(f"Per-subject {subject_metric}.")
+        wide = table.pivot_table(index="subject", columns="role", values=subject_metric)
         if {"target_before", "target_after"} <= set(wide.columns):
             wide["after - before"] = wide["target_after"] - wide["target_before"]
         st.dataframe(wide.reset_index(), hide_index=True, key="benchmarks_subjects_table")
         picked = st.multiselect("Subjects to draw", subjects, default=subjects[: min(12, len(subjects))],
                                 key="benchmarks_subjects")
         if picked:
-            studio.show_figure(studio.cached_spec("per_subject_bars", folder, task, "acc", picked),
+            studio.show_figure(studio.cached_spec("per_subject_bars", folder, key, subject_metric, picked),
                                "benchmarks-subjects", height=420)
 
 st.subheader("Paired items: target before -> after")
 try:
-    comparison, items = studio.cached_spec("paired_items", folder, task)
+    comparison, items = studio.cached_spec("paired_items", folder, key)
 except Exception as error:  # noqa: BLE001 - say why the paired view is missing
     st.info(f"No paired view: {error}")
     st.stop()

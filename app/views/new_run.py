@@ -76,9 +76,10 @@ defaults = METHOD_DEFAULTS[method]
 
 data_kind = st.radio("Data", ["task", "data file"], horizontal=True, key="new_data_kind")
 if data_kind == "task":
-    from pkt_core.evaluation.tasks import TASKS
+    from pkt_core.evaluation.tasks import ALIGNMENT_TASKS
 
-    task, data_file = st.selectbox("Task (alignment samples from its non-evaluation split)", TASKS, key="new_task"), None
+    task, data_file = (st.selectbox("Task (alignment samples from its non-evaluation split)", ALIGNMENT_TASKS,
+                                    key="new_task"), None)
 else:
     task, data_file = None, st.text_input("JSON lines file with prompt and answer", key="new_data_file").strip() or None
 
@@ -105,7 +106,8 @@ dtype = d1.selectbox("dtype", ["fp32", "bf16", "fp16"], key="new_dtype")
 device = d2.text_input("Device", "cpu", key="new_device", help="cpu, cuda:N or auto")
 seed = d3.number_input("Seed", 0, 2**31 - 1, 0, key="new_seed")
 st.markdown("**Evaluation** (source, target before and target after, on the same items)")
-from pkt_core.evaluation.tasks import TASKS as EVAL_TASKS  # noqa: E402
+from pkt_core.evaluation.specs import OFFERED_FORMULATIONS, specs_in_formulations
+from pkt_core.evaluation.tasks import CHOICE_TASKS, EVAL_TASKS
 
 # The subsets the shipped runs use: MMLU 5 per subject (285 items), the first 40 of the others.
 DEFAULT_LIMITS = {"mmlu": 5}
@@ -116,15 +118,24 @@ eval_tasks = e1.multiselect("Tasks to evaluate", list(EVAL_TASKS), default=[task
 first_task = eval_tasks[0] if eval_tasks else "mmlu"
 eval_limit = e2.number_input("Items (MMLU: per subject)", 1, 100_000, DEFAULT_LIMITS.get(first_task, 40),
                              key="new_eval_limit")
-if eval_tasks:
+formulations: list[str] = []
+if any(name in CHOICE_TASKS for name in eval_tasks):
+    formulations = st.multiselect(
+        "Formulations of the choice tasks", list(OFFERED_FORMULATIONS), format_func=OFFERED_FORMULATIONS.get,
+        key="new_eval_formulations",
+        help="Each one is an evaluation of its own of every choice task (MMLU, ARC), for all three models, shown "
+             "side by side on Benchmarks. None: each task's default (MMLU letters, ARC cloze).")
+eval_specs = specs_in_formulations(eval_tasks, formulations)
+if eval_specs:
+    from pkt_core.evaluation.specs import parse_eval_spec
     from pkt_core.evaluation.splits import evaluation_items, limit_subset
     from pkt_core.jobs.progress import duration_text
     from pkt_core.runs.cost_estimates import estimate_evaluation
 
     lines = []
-    for name in eval_tasks:
+    for name in eval_specs:
         try:
-            count = len(limit_subset(evaluation_items(name), int(eval_limit)).items)
+            count = len(limit_subset(evaluation_items(parse_eval_spec(name).task), int(eval_limit)).items)
         except PktError as error:
             lines.append(f"{name}: cannot read its items ({error})")
             continue
@@ -158,7 +169,7 @@ if st.button("Start run" if not missing else "Fetch models, then run", type="pri
             "mapping": "" if mapping == "(variant default)" else mapping,
             "stages": list(stages) if stages else None, "seed": int(seed), "dtype": dtype,
             "source_device": device, "target_device": device,
-            "eval_tasks": list(eval_tasks), "eval_limit": int(eval_limit) if eval_tasks else None,
+            "eval_tasks": eval_specs, "eval_limit": int(eval_limit) if eval_specs else None,
         }
         for name in missing:
             job_queue.submit("fetch", {"name": name, "source": "auto"})

@@ -26,7 +26,9 @@ if not complete.empty:
         complete, hide_index=True, key="runs_table",
         column_config={
             "gain": st.column_config.NumberColumn("gain", help="target after - before, primary metric of the "
-                                                  "first evaluated task", format="%+.3f"),
+                                                  "first evaluation the run asked for (named in 'gain of')",
+                                                  format="%+.3f"),
+            "gain_of": st.column_config.TextColumn("gain of", help="the evaluation and metric the gain shows"),
             "gains": st.column_config.TextColumn("gains (mean [95% interval])", width="large"),
             "wall_s": st.column_config.NumberColumn("wall (s)", format="%.0f"),
             "peak_rss_mib": st.column_config.NumberColumn("peak RAM (MiB)", format="%.0f"),

@@ -51,7 +51,9 @@ def add_transfer_parser(commands) -> None:
     parser.add_argument("--variant", choices=list(VARIANTS),
                         help="SemAlign variant (loss and map preset; default v1); not for the peer methods")
     data = parser.add_argument_group("data (one of)")
-    data.add_argument("--task", help="task whose non-evaluation split gives the alignment samples (mmlu)")
+    data.add_argument("--task", help="task whose non-evaluation split gives the alignment samples: mmlu (dev + "
+                                     "validation), arc_easy / arc_challenge (validation, in the cloze form the "
+                                     "evaluation scores), gsm8k, mbpp, humaneval (reserved slices)")
     data.add_argument("--data", help="JSON lines with prompt and answer (your own alignment data)")
     parser.add_argument("--out", help="run folder (default $PKT_HOME/runs/<time>-<method>-<variant>-<task>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished stage")
@@ -90,9 +92,17 @@ def add_transfer_parser(commands) -> None:
     peers.add_argument("--neuron-fraction", type=float, default=0.1, help="laten: top neurons kept per module")
     peers.add_argument("--hypernet-hidden", type=int, default=64, help="laten: hypernetwork hidden width")
     evaluation = parser.add_argument_group("evaluation (source, target before and after, item by item)")
-    evaluation.add_argument("--eval", dest="eval_tasks", help="comma list of tasks to evaluate: mmlu,gsm8k,humaneval,mbpp")
+    evaluation.add_argument(
+        "--eval", dest="eval_tasks", metavar="SPEC[,SPEC...]",
+        help="comma list of evaluations, each task[:mc|:rc][+circular][@N]: a task (mmlu, arc_easy, arc_challenge, "
+             "gsm8k, humaneval, mbpp) scored with the run-wide --eval-formulation / --eval-circular (else its "
+             "default: MMLU letters, ARC cloze); :mc (letters) or :rc (cloze) and +circular (CircularEval, letters) "
+             "ask that formulation instead; @N replaces --eval-limit for that evaluation. One task may appear "
+             "several times, e.g. --eval mmlu,mmlu:rc@1,arc_easy: each is stored in evaluation/<key>/ with key "
+             "the task for a plain spec, else task-formulation[-circular] (mmlu-rc)")
     evaluation.add_argument("--eval-limit", type=int,
-                            help="fixed subset: first N items per task (MMLU: per subject); default all items")
+                            help="fixed subset: first N items per evaluation (MMLU: per subject), unless its spec "
+                                 "says @N; default all items")
     from pkt_core.cli.evaluate import add_eval_option_flags
 
     add_eval_option_flags(evaluation, prefix="eval-")

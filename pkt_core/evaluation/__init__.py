@@ -13,4 +13,6 @@ The path of one evaluation, module by module:
 - :mod:`~pkt_core.evaluation.metrics` holds pass@k, bootstrap intervals and McNemar's test;
 - :mod:`~pkt_core.evaluation.cache` and :mod:`~pkt_core.evaluation.records` keep what was scored;
 - :mod:`~pkt_core.evaluation.runner` ties it together; :mod:`~pkt_core.cli.evaluate` is ``pkt eval``.
+- :mod:`~pkt_core.evaluation.specs` names the evaluations a transfer runs (``mmlu``, ``mmlu:rc@1``)
+  and the key each is stored under.
 """

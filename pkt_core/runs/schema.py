@@ -7,9 +7,10 @@ which code, at what cost and with which results; the other files hold the arrays
 - ``similarity_<measure>_<view>.json``: :class:`SimilarityMatrixFile` (every method; ``pkt similarity``
   writes the same record, so its output dropped into a run folder is part of the run);
 - ``mappings.json``: :class:`LayerMaps` (SemAlign);
-- ``evaluation/<task>/<role>/summary.json``: :class:`EvaluationSummary`, and ``items.parquet`` beside
-  it (table ``items`` of :data:`TABLES`); ``evaluation/<task>/comparison_target_before_after.json``:
-  :class:`PairedComparison` (every evaluated run, ``pkt eval``);
+- ``evaluation/<key>/<role>/summary.json``: :class:`EvaluationSummary`, and ``items.parquet`` beside
+  it (table ``items`` of :data:`TABLES`); ``evaluation/<key>/comparison_target_before_after.json``:
+  :class:`PairedComparison` (every evaluated run, ``pkt eval``). The key is the task, or
+  ``task-formulation[-circular]`` for an evaluation that named its own formulation (:class:`TaskEvaluation`);
 - ``attribution.parquet``, ``fidelity.parquet``, ``stage_losses.parquet``, ``seeking_*.parquet``,
   ``laten_*.parquet``: the tables of :data:`TABLES`, each with the columns its kind needs;
 - ``linear_probe.parquet``: table ``linear_probe`` of :data:`TABLES`, the layer-wise linear probe (every
@@ -206,6 +207,11 @@ class RoleEvaluation(Record):
 
 
 class TaskEvaluation(Record):
+    """One evaluation of a run (manifest ``evaluation[<key>]``): the key is the task, or
+    ``task-formulation[-circular]`` when the run scored the task in a formulation of its own
+    (:mod:`pkt_core.evaluation.specs`); ``spec`` is what was asked (absent in runs written before specs)."""
+
+    spec: str | None = None
     source: RoleEvaluation | None = None
     target_before: RoleEvaluation | None = None
     target_after: RoleEvaluation | None = None

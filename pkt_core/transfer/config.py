@@ -116,7 +116,9 @@ class TransferConfig:
     source_device: str = "cpu"
     target_device: str = "cpu"
     save_weights_delta: bool = True
-    eval_tasks: list[str] = field(default_factory=list)  # evaluated for source, target before and after
+    # Evaluation specs (evaluation/specs.py: task[:mc|:rc][+circular][@N]), each scored for the source, the
+    # target before and after; a plain task name is the run-wide formulation, as it always was.
+    eval_tasks: list[str] = field(default_factory=list)
     # How they are scored (evaluation.settings.EvalSettings: formulation, shots, circular, PriDe items,
     # generation, a seeded sample); empty: each task's default.
     eval_settings: dict = field(default_factory=dict)
@@ -159,13 +161,14 @@ class TransferConfig:
         if (self.task is None) == (self.data_file is None):
             raise TransferConfigError("give exactly one of a task (--task) or a data file (--data)")
         from pkt_core.evaluation.settings import EvalSettings
-        from pkt_core.evaluation.tasks import EVAL_TASKS as TASKS
+        from pkt_core.evaluation.specs import parse_eval_specs
+        from pkt_core.evaluation.tasks import ALIGNMENT_TASKS
 
+        if self.task is not None and self.task not in ALIGNMENT_TASKS:
+            raise TransferConfigError(f"unknown alignment task {self.task!r}; choose one of {', '.join(ALIGNMENT_TASKS)} "
+                                      "or give a data file (--data)")
         self.eval_settings = EvalSettings.from_dict(self.eval_settings).as_dict()
-
-        unknown_tasks = set(self.eval_tasks) - set(TASKS)
-        if unknown_tasks:
-            raise TransferConfigError(f"unknown evaluation tasks {sorted(unknown_tasks)}; choose from {', '.join(TASKS)}")
+        self.eval_tasks = [spec.text for spec in parse_eval_specs(self.eval_tasks, self.eval_settings)]
         if self.align_samples < 1 or self.steps_per_stage < 1 or self.batch_size < 1 or (self.epochs or 1) < 1:
             raise TransferConfigError("align_samples, steps_per_stage, batch_size and epochs must be at least 1")
         if self.linear_probe_items < 0 or 0 < self.linear_probe_items < LINEAR_PROBE_MIN_ITEMS:

@@ -29,6 +29,7 @@ import torch
 
 from pkt_core.capture.hooks import position_ids_from_mask
 from pkt_core.errors import VocabularyMismatchError
+from pkt_core.evaluation.specs import EvalSpec, parse_eval_specs
 from pkt_core.jobs.resource_monitor import PeakMemoryMonitor
 from pkt_core.models.loading import LoadedModel, load_model
 from pkt_core.models.precision import precision_record
@@ -328,9 +329,10 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
         SimilarityMatrixFile, writer.path(similarity_file_name("linear_cka", "target_source_before"))).values)
     linear_probe_before(config, source, target, writer, stages)  # the untouched pair; after training: below
 
-    for task in config.eval_tasks:
-        _evaluate_role(stages, writer, source, task, "source", config.eval_limit, config.eval_settings)
-        _evaluate_role(stages, writer, target, task, "target_before", config.eval_limit, config.eval_settings)
+    evaluations = parse_eval_specs(config.eval_tasks, config.eval_settings)
+    for spec in evaluations:
+        _evaluate_role(stages, writer, source, spec, "source", config.eval_limit, config.eval_settings)
+        _evaluate_role(stages, writer, target, spec, "target_before", config.eval_limit, config.eval_settings)
 
     context = RunContext(config, source, target, tokenised, probe_tokens, writer, stages, on_progress, should_cancel,
                          cka_before, source_tokenised, alignment_level)
@@ -352,11 +354,11 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
 
     stages.run("probe_after", probe_after)
     linear_probe_after(config, target, writer, stages)
-    if config.eval_tasks:
+    if evaluations:
         transferred = transferred_view(target, trained.delta, writer.manifest.run_id)
-        for task in config.eval_tasks:
-            _evaluate_role(stages, writer, transferred, task, "target_after", config.eval_limit, config.eval_settings)
-            _record_comparison(writer, task)
+        for spec in evaluations:
+            _evaluate_role(stages, writer, transferred, spec, "target_after", config.eval_limit, config.eval_settings)
+            _record_comparison(writer, spec.key)
     if config.save_weights_delta:
         writer.save_tensors(WEIGHT_DELTA, trained.delta)
     writer.manifest.weights_delta = WeightDelta(file=WEIGHT_DELTA if config.save_weights_delta else None,
@@ -392,21 +394,22 @@ def transferred_view(target: LoadedModel, delta: dict[str, torch.Tensor], run_id
     return dataclasses.replace(target, fingerprint=f"{target.fingerprint}+{digest.hexdigest()[:16]}", location=location)
 
 
-def _evaluate_role(stages: RunStages, writer: RunWriter, loaded: LoadedModel, task: str, role: str, limit: int | None,
-                   settings: dict | None = None) -> None:
-    """Score one model on one task into ``evaluation/<task>/<role>/`` (items.parquet, summary.json)."""
+def _evaluate_role(stages: RunStages, writer: RunWriter, loaded: LoadedModel, spec: EvalSpec, role: str,
+                   limit: int | None, settings: dict | None = None) -> None:
+    """Score one model on one evaluation into ``evaluation/<key>/<role>/`` (items.parquet, summary.json);
+    the key is the task for a plain spec (as before specs existed), else task-formulation[-circular]."""
     from pkt_core.evaluation.runner import evaluate
     from pkt_core.evaluation.settings import EvalSettings
 
-    name = f"eval-{task}-{role}"
+    name = f"eval-{spec.key}-{role}"
     if stages.done(name):
         return
-    folder = writer.path(f"evaluation/{task}/{role}")
+    folder = writer.path(f"{EVALUATION_FOLDER}/{spec.key}/{role}")
 
     def work():
-        result = evaluate(loaded, EvalSettings.from_dict(settings).options_for(task, limit), out=folder)
-        evaluation = writer.manifest.evaluation.setdefault(task, TaskEvaluation())
-        setattr(evaluation, role, RoleEvaluation(metrics=result.summary["metrics"], items=int(len(result.items)),
+        result = evaluate(loaded, spec.options(EvalSettings.from_dict(settings), limit), out=folder)
+        evaluation = writer.manifest.evaluation.setdefault(spec.key, TaskEvaluation(spec=spec.text))
+        setattr(evaluation, role, RoleEvaluation(metrics=result.summary["metrics"], items=len(result.items),
                                                  subset=result.summary["subset"], model=loaded.name,
                                                  formulation=result.summary.get("formulation")))
         writer.write_manifest()
@@ -414,14 +417,14 @@ def _evaluate_role(stages: RunStages, writer: RunWriter, loaded: LoadedModel, ta
     stages.run(name, work)
 
 
-def _record_comparison(writer: RunWriter, task: str) -> None:
+def _record_comparison(writer: RunWriter, key: str) -> None:
     from pkt_core.evaluation.runner import compare_evaluations
 
-    comparison = compare_evaluations(writer.path(f"evaluation/{task}/target_before"),
-                                     writer.path(f"evaluation/{task}/target_after"))
+    comparison = compare_evaluations(writer.path(f"{EVALUATION_FOLDER}/{key}/target_before"),
+                                     writer.path(f"{EVALUATION_FOLDER}/{key}/target_after"))
     record = PairedComparison.model_validate(comparison.as_dict())
-    writer.save_json(f"{EVALUATION_FOLDER}/{task}/{COMPARISON_FILE}", record_json(record))
-    writer.manifest.evaluation[task].comparison_target_before_after = record
+    writer.save_json(f"{EVALUATION_FOLDER}/{key}/{COMPARISON_FILE}", record_json(record))
+    writer.manifest.evaluation[key].comparison_target_before_after = record
     writer.write_manifest()
 
 

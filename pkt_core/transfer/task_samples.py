@@ -3,17 +3,24 @@
 Alignment samples come from the task's alignment pool (never from its evaluation items: see
 :mod:`pkt_core.evaluation.splits`); the probe set (used only to look at activations:
 projections and CKA) comes from evaluation items and is never trained on.
+
+Each sample is asked as the evaluation asks the task, 0-shot, and answered with what it scores:
+MMLU the letter prompt and `` <gold letter>``; ARC the cloze prompt its default (rc) evaluation
+scores, ``Question: {question}\nAnswer:`` and `` <gold answer text>`` (built by the evaluation's
+own :func:`~pkt_core.evaluation.formulations.choice_question`, so the two cannot drift apart);
+GSM8K, HumanEval and MBPP the harness prompt and the gold solution.
 """
 
 from __future__ import annotations
 
+from pkt_core.evaluation.formulations import DEFAULT_FORMULATION, Formulation, choice_question
 from pkt_core.evaluation.prompts import (
     MMLU_CHOICE_LETTERS,
     build_prompt,
     prompt_variant,
 )
 from pkt_core.evaluation.splits import alignment_items, evaluation_items
-from pkt_core.evaluation.tasks import TaskItem
+from pkt_core.evaluation.tasks import ARC_TASKS, TaskItem
 from pkt_core.transfer.alignment_data import (
     AlignmentSample,
     samples_from_file,
@@ -21,9 +28,24 @@ from pkt_core.transfer.alignment_data import (
 )
 
 
+def arc_cloze_question(item: TaskItem):
+    """The 0-shot question ARC's default evaluation (OLMES ``arc_*`` rc) scores: context and continuations."""
+    return choice_question(Formulation(item.task, DEFAULT_FORMULATION[item.task]), item)
+
+
+def alignment_prompt(item: TaskItem) -> str:
+    """The 0-shot prompt: the answer follows the question directly."""
+    if item.task in ARC_TASKS:
+        return arc_cloze_question(item).context
+    return build_prompt(prompt_variant(item.task, shots=0), item)
+
+
 def alignment_answer(item: TaskItem) -> str:
     """What the model should continue the prompt with, in the format the evaluation scores."""
     doc = item.doc
+    if item.task in ARC_TASKS:
+        question = arc_cloze_question(item)
+        return question.continuations[question.gold_position]
     if item.task == "mmlu":
         return " " + MMLU_CHOICE_LETTERS[doc["answer"]]
     if item.task == "gsm8k":
@@ -34,10 +56,8 @@ def alignment_answer(item: TaskItem) -> str:
 
 
 def as_sample(item: TaskItem, with_answer: bool = True) -> AlignmentSample:
-    # Alignment and probes use the 0-shot prompt: the answer follows the question directly.
-    prompt = build_prompt(prompt_variant(item.task, shots=0), item)
     label = item.subject or item.task
-    return AlignmentSample(item.item_id, prompt, alignment_answer(item) if with_answer else "", label)
+    return AlignmentSample(item.item_id, alignment_prompt(item), alignment_answer(item) if with_answer else "", label)
 
 
 def _probe_items(task: str, count: int) -> list[TaskItem]:

@@ -82,6 +82,25 @@ def make_run(folder: Path, models: Path, evaluate_roles: bool = True) -> Path:
                         target=load_model(str(target_path)))
 
 
+FORMULATION_SPECS = ("mmlu", "mmlu:rc")  # letters (MMLU's default, evaluation/mmlu/) and cloze (evaluation/mmlu-rc/)
+
+
+def make_formulations_run(folder: Path, models: Path, specs: tuple[str, ...] = FORMULATION_SPECS) -> Path:
+    """A complete run of the real pipeline holding several evaluations of one task (``pkt transfer --eval
+    mmlu,mmlu:rc --eval-limit 1 --eval-sample 12``: letters and cloze on the first item of 12 subjects, for
+    the three models). It aligns on a small data file and keeps linear CKA only: the pages it is for read
+    the evaluations."""
+    from pkt_core.models.loading import load_model
+    from pkt_core.transfer.pipeline import run_transfer
+
+    source_path, target_path = save_pair(models)
+    config = transfer_config(source_path, target_path, task=None, data_file=str(addition_file(models / "add.jsonl")),
+                             probe_samples=8, stages=[0], steps_per_stage=1, similarity_measures=["linear_cka"],
+                             eval_tasks=list(specs), eval_limit=1, eval_settings={"sample": 12})
+    return run_transfer(config, out_dir=folder, source=load_model(str(source_path)),
+                        target=load_model(str(target_path)))
+
+
 def copy_run(run: Path, runs_root: Path, name: str | None = None) -> Path:
     runs_root.mkdir(parents=True, exist_ok=True)
     destination = runs_root / (name or run.name)

@@ -26,6 +26,22 @@ def built_run(tmp_path_factory):
     return run, root / "models"
 
 
+@pytest.fixture(scope="session")
+def built_formulations_run(tmp_path_factory):
+    """A complete tiny run whose evaluation holds MMLU in two formulations (letters and cloze)."""
+    root = tmp_path_factory.mktemp("formulations_run")
+    (root / "models").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PKT_HOME", str(root / "home"))
+        return app_fixtures.make_formulations_run(root / "tiny-v1-mmlu-formulations", root / "models")
+
+
+@pytest.fixture
+def formulations_run(isolated_pkt_home, built_formulations_run):
+    """The two-formulation run, copied under this test's $PKT_HOME/runs as the only run the app lists."""
+    return app_fixtures.copy_run(built_formulations_run, isolated_pkt_home / "runs")
+
+
 @pytest.fixture
 def app_run(isolated_pkt_home, built_run):
     """The session's run, copied under this test's $PKT_HOME/runs (so the app lists it)."""

@@ -122,3 +122,84 @@ def test_continuous_measures_are_the_paired_means_of_the_stored_items(app_test, 
     shown = next(frame.value for frame in at.dataframe if "after - before" in frame.value.columns)
     assert shown.set_index("measure").loc["gold answer log-probability", "after - before"] == \
         pytest.approx(row["after - before"])
+
+
+# -- a run holding one task in two formulations -------------------------------------------------
+
+
+def _open(run, page="views/benchmarks.py"):
+    from app_fixtures import APP
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["current_run"] = str(run)
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _items(run, key, role):
+    return pq.read_table(run / "evaluation" / key / role / "items.parquet").to_pandas()
+
+
+def test_a_formulation_picker_offers_each_evaluation_of_the_task_first_one_first(formulations_run):
+    at = _open(formulations_run)
+    picker = at.radio(key="benchmarks_formulation")
+    assert picker.options == ["letters", "cloze"] and picker.value == "mmlu"  # the first the run asked for
+    assert at.selectbox(key="benchmarks_metric").value == "acc"
+    assert at.selectbox(key="benchmarks_task").options == ["mmlu"]  # one task, not one entry per formulation
+    for trace in chart(at, "benchmarks-bars")["data"]:
+        role = trace["name"].replace(" ", "_")
+        assert decode(trace["y"])[0] == pytest.approx(_items(formulations_run, "mmlu", role)["score"].mean())
+
+
+def test_the_cloze_evaluation_shows_its_own_scores_letters_measures_and_items(formulations_run):
+    at = _open(formulations_run)
+    at.radio(key="benchmarks_formulation").set_value("mmlu-rc").run()
+    assert not at.exception, at.exception
+    # Cloze is read by acc_norm (argmax per character): the items' score; the bars are those means.
+    assert at.selectbox(key="benchmarks_metric").value == "acc_norm"
+    items = {role: _items(formulations_run, "mmlu-rc", role) for role in ROLES}
+    assert all(len(frame) == 12 for frame in items.values())
+    for trace in chart(at, "benchmarks-bars")["data"]:
+        role = trace["name"].replace(" ", "_")
+        details = [json.loads(d) for d in items[role]["details"]]
+        assert decode(trace["y"])[0] == pytest.approx(np.mean([d["acc_norm"] for d in details]))
+        assert decode(trace["y"])[0] == pytest.approx(items[role]["score"].mean())
+    # The answer-format panel counts the cloze predictions of the three models next to the gold answers.
+    letters = chart(at, "benchmarks-letters")["data"]
+    drawn = {trace["name"]: dict(zip(trace["x"], decode(trace["y"]))) for trace in letters}
+    for role in ROLES:
+        counted = items[role]["prediction"].value_counts()
+        assert {k: v for k, v in drawn[role.replace("_", " ")].items() if v} == counted.to_dict()
+    gold = items["target_before"]["target"].value_counts().to_dict()
+    assert {k: v for k, v in drawn["gold answers"].items() if v} == gold
+    # Continuous measures of this evaluation, recomputed from its items with plain numpy.
+    lp = {role: items[role].set_index("item_id")["gold_logprob"].astype(float) for role in ROLES}
+    b, a, s = (lp[r].loc[lp["target_before"].index].to_numpy() for r in ("target_before", "target_after", "source"))
+    shown = next(frame.value for frame in at.dataframe if "after - before" in frame.value.columns)
+    row = shown.set_index("measure").loc["gold answer log-probability"]
+    assert row["after - before"] == pytest.approx((a - b).mean(), rel=1e-9)
+    assert row["gap closed"] == pytest.approx((a.mean() - b.mean()) / (s.mean() - b.mean()), rel=1e-9)
+    # Items sorted by the gold answer's change, and the paired flips, of the cloze items.
+    moved = next(frame.value for frame in at.dataframe if "change" in frame.value.columns)
+    change = (lp["target_after"] - lp["target_before"]).sort_values(ascending=False)
+    np.testing.assert_allclose(moved["change"].to_numpy(), change.to_numpy(), rtol=1e-12)
+    before = items["target_before"].set_index("item_id")["score"]
+    after = items["target_after"].set_index("item_id")["score"].loc[before.index]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["gained (wrong -> right)"] == str(int(((before == 0) & (after == 1)).sum()))
+    assert metrics["lost (right -> wrong)"] == str(int(((before == 1) & (after == 0)).sum()))
+    # Per subject, cloze reads acc_norm.
+    assert "Per-subject acc_norm." in texts(at)
+
+
+def test_the_runs_table_names_the_evaluation_its_gain_shows(formulations_run):
+    at = _open(formulations_run, "views/runs.py")
+    table = next(frame.value for frame in at.dataframe if "gains" in frame.value.columns)
+    row = table.iloc[0]
+    letters = {role: _items(formulations_run, "mmlu", role)["score"].mean() for role in ("target_before", "target_after")}
+    assert row["gain"] == pytest.approx(letters["target_after"] - letters["target_before"], abs=1e-12)
+    assert row["gain_of"] == "mmlu acc (letters)"
+    assert "mmlu-rc acc_norm" in row["gains"]

@@ -259,3 +259,34 @@ def test_new_run_asks_for_an_evaluation_and_estimates_its_cost_from_measured_rat
     at.button(key="new_submit").click().run()
     [job] = job_queue.list_jobs()
     assert job.params["config"]["eval_tasks"] == ["mmlu"] and job.params["config"]["eval_limit"] == 2
+
+
+def test_new_run_asks_for_a_choice_task_in_several_formulations(pair_and_data, monkeypatch, isolated_pkt_home):
+    """Letters and cloze of MMLU (and HumanEval once) go into the job as specs, each with its own estimate
+    line; the worker plans one evaluation stage per spec and role."""
+    from streamlit.testing.v1 import AppTest
+
+    from pkt_core.transfer.config import TransferConfig
+
+    monkeypatch.setattr(job_queue, "ensure_worker", lambda *a, **k: None)
+    (source, target), _ = pair_and_data
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("views/new_run.py").run()
+    at.radio(key="new_who").set_value("your own models").run()
+    at.text_input(key="new_source").set_value(str(source))
+    at.text_input(key="new_target").set_value(str(target)).run()
+    at.multiselect(key="new_eval_tasks").set_value(["mmlu", "humaneval"]).run()
+    at.number_input(key="new_eval_limit").set_value(1).run()
+    at.multiselect(key="new_eval_formulations").set_value(["mc", "rc"]).run()
+    assert not at.exception
+    shown = texts(at)
+    for spec, items in (("mmlu", 57), ("mmlu:rc", 57), ("humaneval", 1)):
+        assert f"**{spec}**: {items} items, no estimate (no earlier run measured" in shown
+    at.button(key="new_submit").click().run()
+    [job] = job_queue.list_jobs()
+    assert job.params["config"]["eval_tasks"] == ["mmlu", "mmlu:rc", "humaneval"]
+    plan = [name for name, _, _ in job_worker.transfer_plan(TransferConfig(**job.params["config"]), 3)]
+    evaluations = [name for name in plan if name.startswith("eval-")]
+    assert evaluations == ["eval-mmlu-source", "eval-mmlu-target_before", "eval-mmlu-rc-source",
+                           "eval-mmlu-rc-target_before", "eval-humaneval-source", "eval-humaneval-target_before",
+                           "eval-mmlu-target_after", "eval-mmlu-rc-target_after", "eval-humaneval-target_after"]

@@ -149,3 +149,20 @@ def test_selected_points_list_their_probe_items_with_gold_and_each_models_outcom
                 assert table.at[probe, f"{role} outcome"] == items.at[probe, "outcome"]
                 assert table.at[probe, "gold"] == items.at[probe, "target"]
     assert table["gold"].notna().any()  # the tiny run's probes are MMLU evaluation items
+
+
+def test_selected_items_keep_the_first_evaluations_answers_when_a_task_was_scored_twice(formulations_run):
+    """A run holding MMLU in letters and cloze: a selected item shows the letters evaluation's answers
+    (evaluation/mmlu/), never the cloze one's written over them."""
+    from pkt_core.figures.projections import selected_items
+    from pkt_core.runs.reader import open_run
+
+    letters = {role: pq.read_table(formulations_run / "evaluation" / "mmlu" / role / "items.parquet").to_pandas()
+               .set_index("item_id") for role in ("source", "target_before", "target_after")}
+    wanted = list(letters["target_before"].index[:5])
+    table = selected_items(open_run(formulations_run), wanted + ["not-an-item"]).set_index("probe_id")
+    for role, items in letters.items():
+        assert list(table.loc[wanted, f"{role} answer"]) == list(items.loc[wanted, "prediction"])
+        assert list(table.loc[wanted, f"{role} outcome"]) == list(items.loc[wanted, "outcome"])
+    assert list(table.loc[wanted, "gold"]) == list(letters["source"].loc[wanted, "target"])
+    assert table.loc[["not-an-item"], ["gold", "target_after answer"]].isna().all(axis=None)

@@ -75,3 +75,30 @@ def test_pkt_transfer_carries_the_evaluation_formulation_into_the_config(monkeyp
     assert config.eval_tasks == ["mmlu", "arc_easy"] and config.eval_limit == 2
     assert config.eval_settings["formulation"] == "mc" and config.eval_settings["shots"] == 5
     assert config.eval_settings["circular"] is True
+
+
+def test_pkt_transfer_takes_several_formulations_of_a_task_as_evaluation_specs(monkeypatch, tmp_path, capsys):
+    """--eval mmlu,mmlu:rc@1,arc_easy+circular: each spec reaches the config (canonical), a duplicate is
+    refused with its reason, and --help shows the grammar."""
+    from pkt_core.transfer import pipeline
+
+    seen = {}
+
+    def fake_run(config, **kwargs):
+        seen["config"] = config
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_transfer", fake_run)
+    base = ["transfer", "--source", "a", "--target", "b", "--task", "arc_easy", "--out", str(tmp_path / "run")]
+    assert main([*base, "--eval", "mmlu, mmlu:rc@1,arc_easy:mc+circular", "--eval-limit", "5"]) == 130
+    assert seen["config"].eval_tasks == ["mmlu", "mmlu:rc@1", "arc_easy:mc+circular"]
+    assert seen["config"].task == "arc_easy" and seen["config"].eval_limit == 5
+    capsys.readouterr()
+    assert main([*base, "--eval", "mmlu,mmlu:mc"]) != 0
+    assert "mmlu and mmlu:mc both ask for mmlu (letters)" in capsys.readouterr().err
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["transfer", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "task[:mc|:rc][+circular][@N]" in shown and "task-formulation[-circular]" in shown

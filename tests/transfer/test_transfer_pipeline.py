@@ -152,3 +152,51 @@ def test_run_with_evaluation_scores_source_and_target_before_and_after(tmp_path)
     flips = int(((before_items["score"] == 1) & (after_items["score"] == 0)).sum())
     assert evaluation.comparison_target_before_after.right_to_wrong == flips
     assert run.comparison("mmlu").right_to_wrong == flips
+
+
+def test_one_task_in_two_formulations_is_two_evaluations_each_under_its_own_key(tmp_path):
+    """--eval arc_easy@4,arc_easy+circular@3 scores ARC's cloze default and CircularEval letters for all
+    three models, each in its own folder and manifest key, and the Runs table reads the first one's gain
+    by the metric its items are scored by."""
+    from pkt_core.evaluation.records import read_items, read_summary
+    from pkt_core.figures.runs_page import run_gains, runs_table
+
+    source, target = make_pair()
+    config = _config(stages=[0], steps_per_stage=1, similarity_measures=["linear_cka"],
+                     eval_tasks=["arc_easy@4", "arc_easy+circular@3"])
+    assert config.eval_tasks == ["arc_easy@4", "arc_easy:mc+circular@3"]  # stored canonical
+    folder = run_transfer(config, out_dir=tmp_path / "run", source=source, target=target, samples=_samples())
+    run = open_run(folder)
+    manifest = run.manifest
+    assert list(manifest.evaluation) == ["arc_easy", "arc_easy-mc-circular"]
+    assert run.evaluated_tasks() == {key: ["source", "target_before", "target_after"] for key in manifest.evaluation}
+    assert {f"eval-{key}-{role}" for key in manifest.evaluation for role in ("source", "target_before", "target_after")
+            } <= set(manifest.stages)
+    cloze, circular = manifest.evaluation["arc_easy"], manifest.evaluation["arc_easy-mc-circular"]
+    assert cloze.spec == "arc_easy@4" and circular.spec == "arc_easy:mc+circular@3"
+    for role in ("source", "target_before", "target_after"):
+        assert cloze.role(role).formulation["name"] == "rc" and cloze.role(role).items == 4
+        assert circular.role(role).formulation == {**circular.role(role).formulation, "name": "mc", "circular": True}
+        assert circular.role(role).items == 3
+        assert read_summary(folder / "evaluation" / "arc_easy-mc-circular" / role)["formulation"]["circular"] is True
+    items = {(key, role): read_items(folder / "evaluation" / key / role) for key in manifest.evaluation
+             for role in ("target_before", "target_after")}
+    # Cloze items are scored by acc_norm: the gain shown is the items' mean score after minus before.
+    row = runs_table(list_runs([folder.parent])).iloc[0]
+    expected = items[("arc_easy", "target_after")]["score"].mean() - items[("arc_easy", "target_before")]["score"].mean()
+    assert row["gain"] == pytest.approx(expected, abs=1e-12) and row["gain_of"] == "arc_easy acc_norm (cloze)"
+    # CircularEval is read by acc_circular: right under every rotation, from each item's rotations.
+    gains = {gain.task: gain for gain in run_gains(manifest)}
+    assert gains["arc_easy-mc-circular"].metric == "acc_circular"
+
+    def circular_mean(frame):
+        details = [json.loads(d) if isinstance(d, str) else d for d in frame["details"]]
+        return np.mean([float(all(p == t for p in d["circular_predictions"])) for d, t in zip(details, frame["target"])])
+
+    assert gains["arc_easy-mc-circular"].gain == pytest.approx(
+        circular_mean(items[("arc_easy-mc-circular", "target_after")])
+        - circular_mean(items[("arc_easy-mc-circular", "target_before")]), abs=1e-12)
+    for key in manifest.evaluation:
+        before = items[(key, "target_before")].set_index("item_id")["score"]
+        after = items[(key, "target_after")].set_index("item_id")["score"]
+        assert run.comparison(key).right_to_wrong == int(((before == 1) & (after.loc[before.index] == 0)).sum())
