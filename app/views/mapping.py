@@ -8,11 +8,11 @@ import studio
 
 # The peers' own location results: what the page says, the figure, and the table behind it.
 PEER_LOCATIONS = {
-    "seeking": ("Seeking Neural Nuggets computes no SemAlign layer map: it ranks source layers by parametric "
-                "sensitivity, extracts sub-blocks of the selected ones and injects them into the paired target "
-                "layers.", "seeking_sensitivity_bars", "seeking_extraction.parquet", "Extracted sub-blocks"),
-    "laten": ("LaTen computes no SemAlign layer map: it locates the sublayers whose logit-lens gain is largest in "
-              "each model, pairs them by rank and trains a hypernetwork per pair on the located neurons.",
+    "seeking": (("Seeking Neural Nuggets computes no SemAlign layer map: it ranks source layers by parametric "
+                 "sensitivity, extracts sub-blocks of the selected ones and injects them into the paired target "
+                 "layers."), "seeking_sensitivity_bars", "seeking_extraction.parquet", "Extracted sub-blocks"),
+    "laten": (("LaTen computes no SemAlign layer map: it locates the sublayers whose logit-lens gain is largest in "
+               "each model, pairs them by rank and trains a hypernetwork per pair on the located neurons."),
               "laten_location_bars", "laten_neurons.parquet", "Located neurons"),
 }
 
@@ -52,6 +52,8 @@ if run.layer_maps is not None:
         for note in fidelity.notes:
             if "tied" in note:
                 st.warning(note)
+            else:  # e.g. the sample the table was computed on
+                st.caption(note)
         studio.show_figure(fidelity, "mapping-fidelity", height=380, notes=False)
     else:
         st.info("This run was made without the decomposition-fidelity stage (`--no-fidelity`).")

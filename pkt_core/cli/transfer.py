@@ -82,6 +82,9 @@ def add_transfer_parser(commands) -> None:
                             "per sequence (pooled states, anchor at the last prompt token); this project's extension")
     hyper.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=None,
                        help="decomposition-fidelity table (default: on for semalign, off for the peers)")
+    hyper.add_argument("--fidelity-scope", choices=["sample", "full"], default="sample",
+                       help="sample (default): 256 probe tokens per model (seeded) at 8 layers spread over depth; "
+                            "full: every CKA probe row at every layer (the manifest records which)")
     peers = parser.add_argument_group("peer methods (seeking, laten)")
     peers.add_argument("--epochs", type=int, help="passes over the alignment samples (default 3)")
     peers.add_argument("--seed-samples", type=int, default=32,
@@ -148,6 +151,7 @@ def run_transfer_command(args: argparse.Namespace) -> int:
         eval_tasks=args.eval_tasks.split(",") if args.eval_tasks else [], eval_limit=args.eval_limit,
         eval_settings=eval_settings_from_args(args, prefix="eval-").as_dict(),
         fidelity=args.fidelity, epochs=args.epochs, seeking_seed_samples=args.seed_samples,
+        fidelity_scope=args.fidelity_scope,
         seeking_lora_dropout=args.lora_dropout, laten_top_layers=args.laten_layers,
         laten_neuron_fraction=args.neuron_fraction, laten_hidden_size=args.hypernet_hidden,
         allow_shared_subset=args.allow_shared_subset, linear_probe_items=args.probe_items,

@@ -82,6 +82,11 @@ def fidelity_lines(run) -> FigureSpec:
                 rows.append({"layer": row.layer, "series": f"{model}: {row.bases} bases", "mean_cosine": row.mean_cosine,
                              "low": row.mean_cosine - row.std_cosine, "high": row.mean_cosine + row.std_cosine,
                              "model": model, "bases": row.bases})
+    scope = run.manifest.fidelity
+    if scope is not None and scope.get("scope") == "sample":
+        kept = ", ".join(f"{role}: {count} tokens at layers {', '.join(map(str, scope['layers'][role]))}"
+                         for role, count in scope["rows"].items())
+        notes.append(f"Computed on a sample ({kept}): {scope['rule']}.")
     data = pd.DataFrame(rows).sort_values(["series", "layer"], kind="stable").reset_index(drop=True)
     first = table.iloc[0] if len(table) else {}
     caption = {"run_id": run.run_id, "measure": "decomposition fidelity (mean cosine, band = +-1 sd)",

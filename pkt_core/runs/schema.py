@@ -325,6 +325,12 @@ class RunManifest(Record):
     evaluation: dict[str, TaskEvaluation] = Field(default_factory=dict)
     method_details: dict[str, Any] | None = None
     semantic_bases: dict[str, Any] | None = None  # SemAlign: which token columns the bases keep
+    # The decomposition-fidelity stage's scope (transfer/fidelity.py): sample or full, its rule, seed, and the
+    # layers and rows it kept per model.
+    fidelity: dict[str, Any] | None = None
+    # Where each set-up result came from ("probe states source": "cache" | "computed" | "attribution pass"):
+    # the per-model cache (transfer/model_cache.py), a forward pass another stage made, or computed here.
+    setup_reuse: dict[str, str] = Field(default_factory=dict)
     precision: dict[str, Any] | None = None  # the precision policy the run resolved (compute dtype, autocast, ...)
     # "<measure> <view>" -> why the run holds no such matrix (e.g. too few probe rows for the measure).
     similarity_skipped: dict[str, str] = Field(default_factory=dict)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pkt_core.capture.hooks import record_residuals
 from pkt_core.models.loading import LoadedModel
 from pkt_core.transfer.alignment_data import TokenisedSamples
-from pkt_core.transfer.forward import answer_loss
+from pkt_core.transfer.forward import answer_loss, forward_to_frontier
+from pkt_core.transfer.supervision import LayerStateBuffers
 
 PAPER_VERSION = "v1"
 
@@ -39,11 +41,15 @@ class LayerAttribution:
         ]
 
 
+def layer_gradient_x_activation(loaded: LoadedModel, samples: TokenisedSamples, batch_size: int = 8,
+                                states: LayerStateBuffers | None = None) -> LayerAttribution:
+    """Attribution of every decoder layer over ``samples``, in batches trimmed to their longest sequence.
 
-
-def layer_gradient_x_activation(loaded: LoadedModel, samples: TokenisedSamples, batch_size: int = 8) -> LayerAttribution:
-    from pkt_core.transfer.forward import forward_to_frontier
-
+    ``states``, when given, also receives each batch's block inputs and outputs at its layers and
+    its answer-position logits: the same forward then serves the supervision, which needs exactly
+    these states of the source on the same samples (values identical to a separate no-grad pass
+    over the same batches, :func:`pkt_core.transfer.supervision.collect_layer_states` with answer
+    log-probabilities)."""
     model = loaded.model
     layers = loaded.adapter.decoder_layers()
     requires = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -57,7 +63,7 @@ def layer_gradient_x_activation(loaded: LoadedModel, samples: TokenisedSamples, 
             outputs: dict[int, torch.Tensor] = {}
             handles = []
 
-            def keep(index):
+            def keep(index, outputs=outputs):
                 def hook(module, args, kwargs, output):
                     hidden = output[0] if isinstance(output, tuple) else output
                     hidden.retain_grad()
@@ -71,7 +77,10 @@ def layer_gradient_x_activation(loaded: LoadedModel, samples: TokenisedSamples, 
             for index, layer in enumerate(layers):
                 handles.append(layer.register_forward_hook(keep(index), with_kwargs=True))
             try:
-                outputs_at_final = forward_to_frontier(loaded, batch, len(layers) - 1, need_logits=True)
+                with record_residuals(model, states.layers if states is not None else []) as recorder:
+                    outputs_at_final = forward_to_frontier(loaded, batch, len(layers) - 1, need_logits=True)
+                    if states is not None:
+                        states.add(recorder, outputs_at_final.answer_logits)
                 loss = answer_loss(outputs_at_final.answer_logits, batch) * len(batch)  # sum over samples
                 loss.backward()
             finally:

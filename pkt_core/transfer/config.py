@@ -72,6 +72,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
 }
 FRONTIER_METHODS = ("semalign", "kd", "finetune")
 MAPPINGS = ("depth", "depth+critical", "interpolated", "attribution-monotone", "cka-monotone")
+FIDELITY_SCOPES = ("sample", "full")
 LOSSES = ("layer_cosine", "output_cosine", "relation", "fisher_logit", "output_kl", "answer_ce")
 LINEAR_PROBE_MIN_ITEMS = 20
 
@@ -124,6 +125,9 @@ class TransferConfig:
     eval_settings: dict = field(default_factory=dict)
     eval_limit: int | None = None  # items per task (MMLU: per subject), a fixed recorded subset
     fidelity: bool | None = None  # decomposition-fidelity table (SemAlign's Figure 2); default on for semalign only
+    # sample: a seeded sample of probe tokens at layers spread over depth (transfer/fidelity.py); full: every row
+    # and layer. The manifest records the scope and its rule.
+    fidelity_scope: str = "sample"
     # Layer similarity on the probe rows, before and after (transfer/probe_similarity.py): the CKA and
     # CCA families by default.
     similarity_measures: list[str] = field(default_factory=lambda: list(DEFAULT_SIMILARITY_MEASURES))
@@ -180,6 +184,9 @@ class TransferConfig:
             raise TransferConfigError("lora_rank must be at least 1")
         from pkt_core.models.precision import POLICY_NAMES
 
+        if self.fidelity_scope not in FIDELITY_SCOPES:
+            raise TransferConfigError(f"fidelity_scope must be one of {', '.join(FIDELITY_SCOPES)}, not "
+                                      f"{self.fidelity_scope!r}")
         if self.dtype not in POLICY_NAMES:
             raise TransferConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(POLICY_NAMES)}")
 

@@ -80,6 +80,27 @@ def forward_to_frontier(
     return FrontierOutputs(captured["pre"], captured["post"], answer_logits)
 
 
+def run_through_layer(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_layer: int
+                      ) -> None:
+    """Run a batch and stop right after decoder layer ``last_layer``, for hooks that record states up to it.
+
+    What those hooks see is exactly what a full forward gives them; the later layers, the final norm
+    and the LM head over every token (a quarter of a 0.5B Qwen's pass, on its 150k vocabulary) are
+    never computed. Hooks registered before this call on ``last_layer`` run before the stop."""
+    stop = loaded.adapter.decoder_layers()[last_layer].register_forward_hook(_raise_stop)
+    ids, mask = input_ids.to(loaded.input_device), attention_mask.to(loaded.input_device)
+    try:
+        loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        stop.remove()
+
+
+def _raise_stop(module, args, output):
+    raise _StopForward
+
+
 def frontier_site_states(loaded: LoadedModel, outputs: FrontierOutputs, site: str, final_norm_applied: bool
                          ) -> torch.Tensor:
     """The frontier layer's states at ``site``: block output (final-normed when the supervision

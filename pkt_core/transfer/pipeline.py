@@ -27,7 +27,7 @@ from pkt_core.runs.reader import Run
 from pkt_core.runs.schema import CHECKPOINTS_FOLDER, CROSS_MAP_FILE, ChosenMapping, LayerMap, LayerMaps
 from pkt_core.runs.writer import RunWriter
 from pkt_core.transfer import semantic_bases
-from pkt_core.transfer.alignment_data import AlignmentSample
+from pkt_core.transfer.alignment_data import AlignmentSample, TokenisedSamples
 from pkt_core.transfer.attribution import LayerAttribution, layer_gradient_x_activation
 from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.frontier import apply_weight_delta, frontier_trainable_parameters, run_frontier_schedule
@@ -40,6 +40,7 @@ from pkt_core.transfer.layer_mapping import (
     interpolated_map,
     relocate_critical_layers,
 )
+from pkt_core.transfer.model_cache import COMPUTED, HIT, cached_tensors, inputs_digest
 from pkt_core.transfer.run_skeleton import (  # noqa: F401  (re-exported: the pipeline's public names)
     CKA_MAX_ROWS,
     FULL_DELTA_FORMAT,
@@ -53,6 +54,7 @@ from pkt_core.transfer.run_skeleton import (  # noqa: F401  (re-exported: the pi
     probe_rows,
     probe_token_mask,
     read_table,
+    record_reuse,
     run_with_skeleton,
     transferred_view,
 )
@@ -62,6 +64,8 @@ from pkt_core.transfer.sequence_alignment import (
 )
 from pkt_core.transfer.stages import frontier_layers
 from pkt_core.transfer.supervision import (
+    LayerStateBuffers,
+    LayerStates,
     Supervision,
     _final_norm_cpu,
     build_supervision,
@@ -136,13 +140,39 @@ def prepare_semalign(stages: RunStages, writer: RunWriter, source: LoadedModel, 
     source_ids, target_ids = (None, None) if pairs is None else (pairs[:, 0], pairs[:, 1])
     writer.manifest.semantic_bases = {"columns": "every token" if pairs is None
                                       else f"{len(pairs)} shared token strings (index-aligned)"}
-    source_basis = semantic_bases.cached_semantic_basis(source.adapter.lm_head().weight, source.fingerprint, "output",
-                                                        source_ids)
-    target_basis = semantic_bases.cached_semantic_basis(target.adapter.lm_head().weight, target.fingerprint, "output",
-                                                        target_ids)
-    cross_map = stages.run("bases", lambda: semantic_bases.cross_model_map(target_basis, source_basis),
-                           lambda m: {"cross_map": m})
+
+    def bases() -> torch.Tensor:
+        cross_map, status = semantic_bases.pair_cross_model_map(target, source, target_ids, source_ids)
+        record_reuse(writer, "cross-model map", status)
+        return cross_map
+
+    cross_map = stages.run("bases", bases, lambda m: {"cross_map": m})
     writer.save_tensors(CROSS_MAP_FILE, {"cross_map": cross_map})
+
+
+def source_pass_states(source: LoadedModel, samples: TokenisedSamples, layers: list[int], sites: set[str],
+                       with_answer_log_probs: bool) -> LayerStates:
+    """The source's states for the supervision when the attribution's pass did not keep them (a resumed
+    run, an attribution read from the cache): in the same batches as the attribution's
+    (ATTRIBUTION_BATCH_SIZE samples, trimmed to their longest), so the numbers are the ones that pass
+    gives."""
+    return collect_layer_states(source, samples, layers, sites, ATTRIBUTION_BATCH_SIZE, with_answer_log_probs,
+                                trim_batches=True)
+
+
+def cached_attribution(source: LoadedModel, samples: TokenisedSamples, states: LayerStateBuffers | None
+                       ) -> tuple[LayerAttribution, str]:
+    """Gradient x activation on the source, read from the per-model cache when this source (fingerprint and
+    precision) has scored these samples in these batches before; ``states`` is filled only when it is
+    computed here."""
+    key = f"{source.fingerprint}-{inputs_digest(samples.input_ids, samples.attention_mask, samples.answer_mask, ATTRIBUTION_BATCH_SIZE)}"
+
+    def compute() -> dict[str, torch.Tensor]:
+        result = layer_gradient_x_activation(source, samples, ATTRIBUTION_BATCH_SIZE, states)
+        return {"abs": torch.from_numpy(result.abs_scores), "signed": torch.from_numpy(result.signed_scores)}
+
+    tensors, status = cached_tensors("attribution", key, compute)
+    return LayerAttribution(tensors["abs"].numpy(), tensors["signed"].numpy(), len(samples)), status
 
 
 def train_semalign(context: RunContext) -> TrainedTransfer:
@@ -152,12 +182,23 @@ def train_semalign(context: RunContext) -> TrainedTransfer:
     target_layers = frontier_layers(target, config)
     cross_map = writer.load_tensors(CROSS_MAP_FILE)["cross_map"]
 
+    sites = _sites_for(config)
+    answer_log_probs = bool(config.losses.get("output_kl"))  # the source's, for the output KL
+    # The attribution's forward over the alignment samples is the source pass the supervision needs:
+    # when it runs here, it keeps every source layer's states for it (the map, still to be chosen,
+    # says which are used).
+    shared: LayerStateBuffers | None = None
     if stages.done("attribution"):
         table = read_table(writer.path("attribution.parquet"))
         attribution = LayerAttribution(np.array([r["abs"] for r in table]), np.array([r["signed"] for r in table]), len(tokenised))
     else:
-        attribution = stages.run("attribution", lambda: layer_gradient_x_activation(source, context.source_samples,
-                                                                                     ATTRIBUTION_BATCH_SIZE))
+        if not stages.done("supervision"):
+            shared = LayerStateBuffers(list(range(num_source)), sites, context.source_samples.input_ids.shape[1],
+                                       with_answer_log_probs=answer_log_probs)
+        attribution, status = stages.run("attribution", lambda: cached_attribution(source, context.source_samples, shared))
+        record_reuse(writer, "attribution", status)
+        if status == HIT:
+            shared = None
         writer.save_table("attribution.parquet", attribution.table())
 
     mappings = _all_mappings(config, attribution, context.cka_before, num_source, num_target)
@@ -168,23 +209,31 @@ def train_semalign(context: RunContext) -> TrainedTransfer:
                                             table=chosen.table(), notes=list(chosen.notes))
     writer.write_manifest()
 
-    sites = _sites_for(config)
     if stages.done("supervision"):
         supervision = Supervision.from_tensors(writer.load_tensors(SUPERVISION_FILE), config.apply_final_norm)
     else:
+        needed = sorted({layer for k in target_layers for layer in chosen.sources_of(k)[0]})
+
         def supervise():
+            if shared is not None:
+                source_states = shared.result(needed)
+                record_reuse(writer, "supervision source states", "attribution pass")
+            else:
+                source_states = source_pass_states(source, context.source_samples, needed, sites, answer_log_probs)
+                record_reuse(writer, "supervision source states", COMPUTED)
             if context.alignment_level == SEQUENCE_LEVEL:
                 return build_sequence_supervision(
                     source, target, context.source_samples, tokenised, chosen, cross_map, sites, target_layers,
                     config.apply_final_norm, _final_norm_cpu(source), _final_norm_cpu(target), config.batch_size,
                     config.drop_first_position, shared_token_pairs(source, target),
-                    with_anchor_log_probs=bool(config.losses.get("output_kl")),
-                    with_anchor_states=bool(config.losses.get("fisher_logit")))
+                    with_anchor_log_probs=answer_log_probs,
+                    with_anchor_states=bool(config.losses.get("fisher_logit")), source_states=source_states)
             before = collect_layer_states(target, tokenised, target_layers, sites, config.batch_size)
             return build_supervision(source, before, tokenised, chosen, cross_map, sites, target_layers,
                                      config.apply_final_norm, _final_norm_cpu(target), config.batch_size,
-                                     with_answer_log_probs=bool(config.losses.get("output_kl")))
+                                     with_answer_log_probs=answer_log_probs, source_states=source_states)
         supervision = stages.run("supervision", supervise)
+        shared = None
         writer.save_tensors(SUPERVISION_FILE, supervision.tensors())
 
     # Frontier schedule: shallow to deep, one stage per target layer.

@@ -54,19 +54,20 @@ from pkt_core.runs.schema import (
     similarity_file_name,
 )
 from pkt_core.runs.writer import RunWriter
-from pkt_core.transfer import semantic_bases
 from pkt_core.transfer.alignment_data import (
     AlignmentSample,
     TokenisedSamples,
     tokenise_samples,
 )
 from pkt_core.transfer.config import TransferConfig
+from pkt_core.transfer.fidelity import fidelity_rows
 from pkt_core.transfer.linear_probe_stage import linear_probe_after, linear_probe_before
 from pkt_core.transfer.losses import LOSS_PAPER_VERSIONS
+from pkt_core.transfer.model_cache import cached_tensors, inputs_digest
 from pkt_core.transfer.probe_similarity import probe_similarity_records
 from pkt_core.transfer.sequence_alignment import LEVEL_NOTE, SEQUENCE_LEVEL
 from pkt_core.transfer.stages import TransferCancelled, frontier_layers
-from pkt_core.transfer.supervision import _final_norm_cpu, collect_layer_states
+from pkt_core.transfer.supervision import collect_layer_states
 from pkt_core.transfer.task_samples import load_alignment_and_probes
 
 ProgressCallback = Callable[[str, int, float], None]
@@ -181,6 +182,28 @@ def probe_rows(
     weights = keep.float().unsqueeze(-1)
     means = {l: (states.states[(l, "block_output")] * weights).sum(1) / weights.sum(1).clamp(min=1) for l in layers}
     return tokens, means
+
+
+def cached_probe_rows(loaded: LoadedModel, probes: TokenisedSamples, batch_size: int, subset: torch.Tensor
+                      ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], str]:
+    """:func:`probe_rows` of an untouched model, read from the per-model cache when this model (fingerprint,
+    precision included) has read these probes in these batches with this row subset before; and where
+    the rows came from (model_cache.HIT or COMPUTED)."""
+    key = f"{loaded.fingerprint}-{inputs_digest(probes.input_ids, probes.attention_mask, subset, batch_size)}"
+
+    def compute() -> dict[str, torch.Tensor]:
+        tokens, means = probe_rows(loaded, probes, batch_size, subset)
+        return {**{f"tokens.{l}": v for l, v in tokens.items()}, **{f"means.{l}": v for l, v in means.items()}}
+
+    tensors, status = cached_tensors("probe_states", key, compute)
+    layers = range(loaded.adapter.num_layers)
+    return {l: tensors[f"tokens.{l}"] for l in layers}, {l: tensors[f"means.{l}"] for l in layers}, status
+
+
+def record_reuse(writer: RunWriter, what: str, how: str) -> None:
+    """Say in the manifest where a set-up result came from: the per-model cache, a pass it shared, or computed."""
+    writer.manifest.setup_reuse[what] = how
+    writer.write_manifest()
 
 
 def row_subset(count: int, seed: int) -> torch.Tensor:
@@ -303,8 +326,13 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
                   else "probe tokens, position 0 and padding dropped")
 
     def probe_before():
-        source_tokens, source_means = probe_rows(source, source_probe_tokens, config.batch_size, source_subset)
-        target_tokens, target_means = probe_rows(target, probe_tokens, config.batch_size, subset)
+        # Both models are untouched here: their probe states come from the per-model cache when they have
+        # read these probes before (another run on the same pair and probes).
+        source_tokens, source_means, status = cached_probe_rows(source, source_probe_tokens, config.batch_size,
+                                                                source_subset)
+        record_reuse(writer, "probe states source", status)
+        target_tokens, target_means, status = cached_probe_rows(target, probe_tokens, config.batch_size, subset)
+        record_reuse(writer, "probe states target", status)
         return source_tokens, source_means, target_tokens, target_means
 
     if stages.done("probe_before"):
@@ -319,8 +347,7 @@ def _run(config, method: TransferMethod, source, target, alignment, probes, writ
                        **{f"target_tokens.{l}": v for l, v in r[2].items()}, **{f"target_means.{l}": v for l, v in r[3].items()}})
 
     if config.fidelity and not stages.done("fidelity"):
-        stages.run("fidelity", lambda: writer.save_table("fidelity.parquet", _fidelity_rows(
-            config, source, target, source_tokens, target_tokens)))
+        stages.run("fidelity", lambda: _save_fidelity(config, writer, source, target, source_tokens, target_tokens))
     if not stages.done("similarity_before"):
         stages.run("similarity_before", lambda: _save_similarity(writer, *probe_similarity_records(
             *((target_means, source_means) if across_tokenizers else (target_tokens, source_tokens)),
@@ -428,26 +455,11 @@ def _record_comparison(writer: RunWriter, key: str) -> None:
     writer.write_manifest()
 
 
-def _fidelity_rows(config, source, target, source_tokens, target_tokens) -> list[dict]:
-    """Per model and layer: fidelity with output-side (LM head) and input-side (embedding) bases."""
-    rows = []
-    for role, loaded, tokens in (("source", source, source_tokens), ("target", target, target_tokens)):
-        head = loaded.adapter.lm_head().weight
-        embedding = loaded.adapter.input_embeddings().weight
-        tied, relative = semantic_bases.heads_are_tied(head, embedding)
-        norm = _final_norm_cpu(loaded) if config.apply_final_norm else (lambda x: x)
-        operators = {
-            "output": semantic_bases.recomposition_operator(
-                semantic_bases.cached_semantic_basis(head, loaded.fingerprint, "output"), config.coefficients),
-            "input": semantic_bases.recomposition_operator(
-                semantic_bases.cached_semantic_basis(embedding, loaded.fingerprint, "input"), config.coefficients),
-        }
-        for layer, states in tokens.items():
-            normed = norm(states)
-            for side, operator in operators.items():
-                result = semantic_bases.decomposition_fidelity(normed, operator)
-                rows.append({"model": role, "layer": layer, "bases": side, "coefficients": config.coefficients,
-                             "final_norm": config.apply_final_norm, "mean_cosine": result.mean_cosine,
-                             "std_cosine": result.std_cosine, "rows": result.rows,
-                             "head_and_embedding_tied": tied, "head_embedding_relative_difference": relative})
-    return rows
+def _save_fidelity(config, writer: RunWriter, source, target, source_tokens, target_tokens) -> None:
+    """The decomposition-fidelity table (transfer/fidelity.py), its scope in the manifest."""
+    rows, record, reuse = fidelity_rows(config, {"source": source, "target": target},
+                                        {"source": source_tokens, "target": target_tokens})
+    writer.save_table("fidelity.parquet", rows)
+    writer.manifest.fidelity = record
+    writer.manifest.setup_reuse.update({f"fidelity {what}": how for what, how in reuse.items()})
+    writer.write_manifest()

@@ -12,16 +12,20 @@ D_tgt x D_src matrices and never forms the m-dimensional intermediate in a loop.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from pkt_core.models.loading import LoadedModel
 from pkt_core.paths import pkt_home
+from pkt_core.transfer.model_cache import cached_tensors, weights_identity
 
 PAPER_VERSION = "v1"
 COEFFICIENT_METHODS = ("cosine", "least_squares")
+SIDES = ("output", "input")
 
 
 def pseudo_inverse_tall(weight: torch.Tensor, rcond: float = 1e-10) -> torch.Tensor:
@@ -52,9 +56,12 @@ def semantic_basis(head_weight: torch.Tensor, token_ids: torch.Tensor | None = N
     return (pseudo_inverse / norms).to(torch.float32)
 
 
+def _subset_name(token_ids: torch.Tensor | None) -> str:
+    return "all" if token_ids is None else hashlib.sha256(token_ids.numpy().tobytes()).hexdigest()[:12]
+
+
 def basis_cache_path(fingerprint: str, side: str, token_ids: torch.Tensor | None) -> Path:
-    subset = "all" if token_ids is None else hashlib.sha256(token_ids.numpy().tobytes()).hexdigest()[:12]
-    return pkt_home() / "semantic_bases" / f"{fingerprint}-{side}-{subset}.safetensors"
+    return pkt_home() / "semantic_bases" / f"{fingerprint}-{side}-{_subset_name(token_ids)}.safetensors"
 
 
 def cached_semantic_basis(
@@ -70,6 +77,55 @@ def cached_semantic_basis(
     save_file({"basis": basis.contiguous()}, str(temporary))
     temporary.replace(path)
     return basis
+
+
+def _side_weight(loaded: LoadedModel, side: str) -> torch.Tensor:
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, not {side!r}")
+    return loaded.adapter.lm_head().weight if side == "output" else loaded.adapter.input_embeddings().weight
+
+
+def model_semantic_basis(loaded: LoadedModel, side: str = "output", token_ids: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """A loaded model's basis from its LM head (``output``) or input embeddings (``input``), cached per
+    stored weights (:func:`~pkt_core.transfer.model_cache.weights_identity`): the basis is computed from
+    the weights in float64 with no forward pass, so fp32 and bf16 autocast share one entry."""
+    identity = weights_identity(loaded)
+    path = basis_cache_path(identity, side, token_ids)
+    legacy = basis_cache_path(loaded.fingerprint, side, token_ids)
+    if not path.is_file() and legacy != path and legacy.is_file():
+        # Earlier versions keyed on the full fingerprint (``~bf16`` included): the same weights, the
+        # same basis. A hard link adopts that entry without a second copy on disk.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(legacy, path)
+        except OSError:
+            pass
+    return cached_semantic_basis(_side_weight(loaded, side), identity, side, token_ids)
+
+
+def model_recomposition_operator(loaded: LoadedModel, side: str, coefficients: str = "cosine"
+                                 ) -> tuple[torch.Tensor, str]:
+    """The model's recomposition operator P (D x D, float64) for one side of its bases, cached per stored
+    weights, side and coefficients (four m-term GEMMs a run no longer repeats); and whether it came from
+    the cache (:data:`~pkt_core.transfer.model_cache.HIT`) or was computed."""
+    if coefficients not in COEFFICIENT_METHODS:
+        raise ValueError(f"coefficients must be one of {COEFFICIENT_METHODS}, not {coefficients!r}")
+    key = f"{weights_identity(loaded)}-{side}-all-{coefficients}"
+    tensors, status = cached_tensors("recomposition_operator", key, lambda: {
+        "operator": recomposition_operator(model_semantic_basis(loaded, side), coefficients)})
+    return tensors["operator"], status
+
+
+def pair_cross_model_map(target: LoadedModel, source: LoadedModel, target_ids: torch.Tensor | None = None,
+                         source_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """``M = S_tgt S_src^T`` of a pair (output-side bases, optionally on index-aligned token subsets),
+    cached per (target weights, target subset, source weights, source subset); and its cache status."""
+    key = (f"{weights_identity(target)}-{_subset_name(target_ids)}--"
+           f"{weights_identity(source)}-{_subset_name(source_ids)}")
+    tensors, status = cached_tensors("cross_map", key, lambda: {"cross_map": cross_model_map(
+        model_semantic_basis(target, "output", target_ids), model_semantic_basis(source, "output", source_ids))})
+    return tensors["cross_map"], status
 
 
 def cross_model_map(target_basis: torch.Tensor, source_basis: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from pkt_core.models.loading import LoadedModel
 from pkt_core.transfer import losses as loss_functions
 from pkt_core.transfer.alignment_data import TokenisedSamples
 from pkt_core.transfer.layer_mapping import LayerMapping
-from pkt_core.transfer.supervision import Supervision, collect_layer_states
+from pkt_core.transfer.supervision import LayerStates, Supervision, collect_layer_states
 
 ANCHOR_SITE = "block_output_anchor"
 SEQUENCE_LEVEL = "sequence"
@@ -96,15 +96,20 @@ def build_sequence_supervision(
     shared_pairs: torch.Tensor,
     with_anchor_log_probs: bool,
     with_anchor_states: bool,
+    source_states: LayerStates | None = None,
 ) -> Supervision:
     """Pooled (and anchor) source states mapped into the target, scaled to the target's own.
 
     ``source_samples`` and ``target_samples`` hold the same texts in the same order, each
-    tokenized by its own model; ``shared_pairs`` is (k x 2) (source id, target id)."""
+    tokenized by its own model; ``shared_pairs`` is (k x 2) (source id, target id).
+    ``source_states``: the source's states on ``source_samples`` from a pass already made (the
+    attribution's, with at least the mapped layers, ``sites`` and, where asked, the answer
+    log-probabilities); None runs the source here."""
     if source_samples.sample_ids != target_samples.sample_ids:
         raise ValueError("source and target samples must be the same texts in the same order")
     needed = sorted({layer for k in target_layers for layer in mapping.sources_of(k)[0]})
-    source_states = collect_layer_states(source, source_samples, needed, sites, batch_size, with_anchor_log_probs)
+    if source_states is None:
+        source_states = collect_layer_states(source, source_samples, needed, sites, batch_size, with_anchor_log_probs)
     target_states = collect_layer_states(target, target_samples, target_layers, sites, batch_size)
     source_mask = sequence_token_mask(source_samples, drop_first_position)
     target_mask = sequence_token_mask(target_samples, drop_first_position)

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pkt_core.capture.hooks import position_ids_from_mask, record_residuals
+from pkt_core.capture.hooks import ResidualRecorder, record_residuals
 from pkt_core.models.loading import LoadedModel
 from pkt_core.transfer.alignment_data import TokenisedSamples
+from pkt_core.transfer.forward import forward_to_frontier, run_through_layer
 from pkt_core.transfer.layer_mapping import LayerMapping
 
 SITE_TO_CAPTURE = {"block_output": "resid_post", "contribution": "contribution"}
@@ -33,6 +34,36 @@ class LayerStates:
     log_probs_at_answers: torch.Tensor | None = None  # rows x V, rows = prediction positions in order
 
 
+class LayerStateBuffers:
+    """The per-batch states of one pass over the samples, gathered into padded :class:`LayerStates`.
+
+    The one accumulator of every pass that records states (:func:`collect_layer_states`, the
+    attribution's forward), so a state is the same float32 copy whichever pass recorded it."""
+
+    def __init__(self, layers: list[int], sites: set[str], length: int, with_answer_log_probs: bool = False) -> None:
+        self.layers, self.sites, self.length = list(layers), set(sites), length
+        self.with_answer_log_probs = with_answer_log_probs
+        self.pieces: dict[tuple[int, str], list[torch.Tensor]] = {(l, s): [] for l in self.layers for s in self.sites}
+        self.answer_rows: list[torch.Tensor] = []
+
+    def add(self, recorder: ResidualRecorder, answer_logits: torch.Tensor | None = None) -> None:
+        """One batch: the recorded block inputs and outputs, and its answer-position logits when kept."""
+        for layer in self.layers:
+            pre = recorder.resid_pre[layer].detach().to("cpu", torch.float32)
+            post = recorder.resid_post[layer].detach().to("cpu", torch.float32)
+            for site in self.sites:
+                self.pieces[(layer, site)].append(post if site == "block_output" else post - pre)
+        if self.with_answer_log_probs:
+            self.answer_rows.append(answer_logits.detach().float().log_softmax(dim=-1).cpu())
+
+    def result(self, layers: list[int] | None = None) -> LayerStates:
+        """The padded states (of ``layers`` only, when given) and the answer log-probabilities."""
+        keep = set(self.layers if layers is None else layers)
+        states = {key: torch.cat([_pad_to(piece, self.length) for piece in pieces])
+                  for key, pieces in self.pieces.items() if key[0] in keep}
+        return LayerStates(states, torch.cat(self.answer_rows) if self.with_answer_log_probs else None)
+
+
 def collect_layer_states(
     loaded: LoadedModel,
     samples: TokenisedSamples,
@@ -40,37 +71,32 @@ def collect_layer_states(
     sites: set[str],
     batch_size: int,
     with_answer_log_probs: bool = False,
+    trim_batches: bool = False,
 ) -> LayerStates:
-    """No-grad pass over all samples keeping the requested layers and sites (padded, on CPU)."""
-    result = LayerStates()
-    buffers: dict[tuple[int, str], list[torch.Tensor]] = {(l, s): [] for l in layers for s in sites}
-    answer_rows: list[torch.Tensor] = []
-    length = samples.input_ids.shape[1]
+    """No-grad pass over all samples keeping the requested layers and sites (padded, on CPU).
+
+    With answer log-probabilities, or ``trim_batches``, each batch is trimmed to its longest
+    sequence (the batches of the attribution's pass) and, for the log-probabilities, run to the
+    final norm with the head applied at the answer positions only
+    (:func:`pkt_core.transfer.forward.forward_to_frontier`). Otherwise batches keep the samples'
+    padded length. Either way nothing past the deepest requested layer is computed unless the
+    log-probabilities need it: the states are those of a full forward."""
+    buffers = LayerStateBuffers(layers, sites, samples.input_ids.shape[1], with_answer_log_probs)
+    deepest = max(layers, default=0)
     for start in range(0, len(samples), batch_size):
         indices = list(range(start, min(start + batch_size, len(samples))))
         index = torch.as_tensor(indices)
-        ids = samples.input_ids[index].to(loaded.input_device)
-        mask = samples.attention_mask[index].to(loaded.input_device)
         with torch.no_grad(), record_residuals(loaded.model, layers) as recorder:
+            answer_logits = None
             if with_answer_log_probs:
-                from pkt_core.transfer.forward import forward_to_frontier
-
-                sub_batch = samples.select(indices)
-                answer_logits = forward_to_frontier(loaded, sub_batch, loaded.adapter.num_layers - 1, True).answer_logits
+                answer_logits = forward_to_frontier(loaded, samples.select(indices), loaded.adapter.num_layers - 1,
+                                                    True).answer_logits
+            elif trim_batches:
+                forward_to_frontier(loaded, samples.select(indices), deepest, False)
             else:
-                loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
-            for layer in layers:
-                pre = recorder.resid_pre[layer].to("cpu", torch.float32)
-                post = recorder.resid_post[layer].to("cpu", torch.float32)
-                for site in sites:
-                    buffers[(layer, site)].append(post if site == "block_output" else post - pre)
-        if with_answer_log_probs:
-            answer_rows.append(answer_logits.float().log_softmax(dim=-1).cpu())
-    for key, pieces in buffers.items():
-        result.states[key] = torch.cat([_pad_to(piece, length) for piece in pieces])
-    if with_answer_log_probs:
-        result.log_probs_at_answers = torch.cat(answer_rows)
-    return result
+                run_through_layer(loaded, samples.input_ids[index], samples.attention_mask[index], deepest)
+            buffers.add(recorder, answer_logits)
+    return buffers.result()
 
 
 def _pad_to(tensor: torch.Tensor, length: int) -> torch.Tensor:
@@ -116,7 +142,7 @@ class Supervision:
         return flat
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], final_norm_applied: bool) -> "Supervision":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], final_norm_applied: bool) -> Supervision:
         targets = {}
         for key, value in tensors.items():
             if key.startswith("target."):
@@ -139,9 +165,13 @@ def build_supervision(
     target_norm,
     batch_size: int,
     with_answer_log_probs: bool,
+    source_states: LayerStates | None = None,
 ) -> Supervision:
+    """``source_states``: the source's states on ``samples`` from a pass already made (the attribution's,
+    holding at least the mapped layers and ``sites``); None runs the source here."""
     needed = sorted({layer for k in target_layers for layer in mapping.sources_of(k)[0]})
-    source_states = collect_layer_states(source, samples, needed, sites, batch_size, with_answer_log_probs)
+    if source_states is None:
+        source_states = collect_layer_states(source, samples, needed, sites, batch_size, with_answer_log_probs)
     source_norm = _final_norm_cpu(source) if apply_final_norm else None
     valid = samples.attention_mask.bool()
     targets: dict[tuple[int, str], torch.Tensor] = {}
@@ -160,4 +190,4 @@ def build_supervision(
             mapped = mapped * scale
             mapped[~valid] = 0.0
             targets[(k, site)] = mapped
-    return Supervision(targets, source_states.log_probs_at_answers, apply_final_norm)
+    return Supervision(targets, source_states.log_probs_at_answers if with_answer_log_probs else None, apply_final_norm)

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 
-from app_fixtures import chart, decode  # noqa: E402
+from app_fixtures import chart, decode
 
 
 def _edges(figure, name):
@@ -63,6 +63,8 @@ def test_fidelity_draws_output_and_input_bases_per_model(app_test, app_run):
                         if r["model"] == model and r["bases"] == bases]
             np.testing.assert_allclose(traces[f"{model}: {bases} bases"], expected)
     assert not any("tied" in w.value for w in at.warning)
+    # The run's table is the default sample; the page says so, with what the sample kept.
+    assert any("Computed on a sample" in c.value and "target:" in c.value for c in at.caption)
 
 
 def test_tied_head_and_embeddings_are_said_not_drawn_as_two_equal_curves(app_test, app_run):

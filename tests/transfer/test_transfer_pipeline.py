@@ -7,15 +7,14 @@ from transfer_fixtures import addition_samples, make_pair
 
 from pkt_core.runs.catalogue import list_runs
 from pkt_core.runs.reader import RunReadError, open_run
-from pkt_core.transfer.pipeline import apply_run_to_model
 from pkt_core.transfer.config import TransferConfig
-from pkt_core.transfer.pipeline import run_transfer
+from pkt_core.transfer.pipeline import apply_run_to_model, run_transfer
 from pkt_core.transfer.stages import TransferCancelled
 
 
 def _config(**changes):
-    base = dict(source="tiny-source", target="tiny-target", variant="v1", data_file="synthetic.jsonl",
-                align_samples=12, probe_samples=8, steps_per_stage=2, batch_size=4, learning_rate=1e-3)
+    base = {"source": "tiny-source", "target": "tiny-target", "variant": "v1", "data_file": "synthetic.jsonl",
+            "align_samples": 12, "probe_samples": 8, "steps_per_stage": 2, "batch_size": 4, "learning_rate": 1e-3}
     base.update(changes)
     return TransferConfig(**base)
 
@@ -200,3 +199,51 @@ def test_one_task_in_two_formulations_is_two_evaluations_each_under_its_own_key(
         before = items[(key, "target_before")].set_index("item_id")["score"]
         after = items[(key, "target_after")].set_index("item_id")["score"]
         assert run.comparison(key).right_to_wrong == int(((before == 1) & (after.loc[before.index] == 0)).sum())
+
+
+@pytest.mark.parametrize("variant", ["v1", "acl-fisher"])  # without and with the source's answer log-probs
+def test_a_second_run_reads_its_set_up_from_the_cache_and_gives_the_same_numbers(tmp_path, variant):
+    """The first run shares the attribution's source pass with the supervision; the second finds bases,
+    operators, probe states and attribution in the per-model cache and runs the source for the
+    supervision itself. Every artefact is bit for bit the same."""
+    runs = []
+    for name in ("cold", "warm"):
+        source, target = make_pair()
+        runs.append(open_run(run_transfer(_config(variant=variant), out_dir=tmp_path / name, source=source,
+                                          target=target, samples=_samples())))
+    cold, warm = (run.manifest.setup_reuse for run in runs)
+    assert cold["supervision source states"] == "attribution pass" and warm["supervision source states"] == "computed"
+    assert all(cold[what] == "computed" for what in ("attribution", "probe states source", "probe states target",
+                                                     "cross-model map", "fidelity source output operator"))
+    assert all(how == "cache" for what, how in warm.items() if what != "supervision source states")
+    assert runs[0].manifest.fidelity["scope"] == "sample" and runs[0].manifest.fidelity["rule"]
+    for table in ("attribution.parquet", "fidelity.parquet", "stage_losses.parquet"):
+        timeless = [[{k: v for k, v in row.items() if k != "seconds"} for row in run.table(table)] for run in runs]
+        assert timeless[0] == timeless[1], table
+    for file in ("probe_activations.safetensors", "cross_map.safetensors", "target_delta.safetensors"):
+        first, second = runs[0].tensors(file), runs[1].tensors(file)
+        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first), file
+    for measure in ("linear_cka", "rbf_cka"):
+        for view in ("target_source_before", "target_source_after", "target_before_after"):
+            assert np.array_equal(runs[0].similarity(measure, view).values, runs[1].similarity(measure, view).values)
+
+
+def test_attribution_is_cached_per_source_precision_and_samples():
+    import copy
+
+    from pkt_core.models.loading import wrap_loaded_model
+    from pkt_core.transfer.alignment_data import tokenise_samples
+    from pkt_core.transfer.attribution import layer_gradient_x_activation
+    from pkt_core.transfer.pipeline import ATTRIBUTION_BATCH_SIZE, cached_attribution
+
+    source, _ = make_pair()
+    samples = tokenise_samples(source.tokenizer, _samples()[0], 64)
+    reference = layer_gradient_x_activation(source, samples, ATTRIBUTION_BATCH_SIZE)
+    first, status = cached_attribution(source, samples, None)
+    assert status == "computed" and np.array_equal(first.abs_scores, reference.abs_scores)
+    again, status = cached_attribution(source, samples, None)
+    assert status == "cache" and np.array_equal(again.signed_scores, reference.signed_scores)
+    autocast = wrap_loaded_model(copy.deepcopy(source.model), source.tokenizer, "tiny-source", precision="bf16")
+    assert cached_attribution(autocast, samples, None)[1] == "computed"
+    assert cached_attribution(source, samples.select([0, 1, 2]), None)[1] == "computed"
+    assert cached_attribution(make_pair(seed=3)[0], samples, None)[1] == "computed"

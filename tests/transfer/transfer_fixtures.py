@@ -51,3 +51,11 @@ def make_pair(source_layers=4, target_layers=3, source_width=64, target_width=32
     target = wrap_loaded_model(random_model_from_config(tiny_config("qwen2", target_layers, target_width), seed=seed + 2),
                                tokenizer, "tiny-target")
     return source, target
+
+
+def mixed_length_samples(tokenizer):
+    """Prompts of very different lengths, so every batch is padded and trimmed differently."""
+    pairs = [("1+2=", "3"), ("The answer to three plus four is ", "7"), ("x=", "1"),
+             ("def double(a):\n    return a * 2\n# double(3) == ", "6"), ("9-1=", "8")]
+    samples = [AlignmentSample(f"mixed-{i}", prompt, answer) for i, (prompt, answer) in enumerate(pairs)]
+    return tokenise_samples(tokenizer, samples, 64)
