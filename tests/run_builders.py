@@ -52,12 +52,15 @@ def base_manifest(run_id: str, method: str = "semalign") -> dict:
     }
 
 
-def item_rows(scores: list[float], predictions: list[str]) -> list[dict]:
-    return [{"task": "mmlu", "item_id": item, "subject": item.split("/")[0], "prompt": f"Q {item}\nAnswer:",
+def item_rows(scores: list[float], predictions: list[str], gold_probs: list[float] | None = None) -> list[dict]:
+    rows = [{"task": "mmlu", "item_id": item, "subject": item.split("/")[0], "prompt": f"Q {item}\nAnswer:",
              "target": gold, "prediction": prediction, "score": score,
              "outcome": "correct" if score == 1 else "incorrect", "details": {"loglikelihoods": [0.0] * 4},
              "cached": False}
             for item, gold, prediction, score in zip(ITEM_IDS, GOLD, predictions, scores)]
+    for row, prob in zip(rows, gold_probs or []):
+        row["gold_prob"], row["gold_logprob"] = prob, float(np.log(prob))
+    return rows
 
 
 def role_scores(seed: int) -> dict[str, list[float]]:
@@ -129,11 +132,15 @@ def write_full_run(folder: Path, seed: int = 0, method: str = "semalign",
     written["cross_map"] = torch.randn(*cross_map_shape, generator=torch.Generator().manual_seed(seed))
     writer.save_tensors("cross_map.safetensors", {"cross_map": written["cross_map"]})
     predictions = {"source": GOLD, "target_before": ["B"] * 12, "target_after": ["A"] * 12}
+    # A generator of its own, so the values drawn above stay what they were before gold mass existed.
+    gold_rng = np.random.default_rng(seed + 1000)
+    written["gold_prob"] = {role: [float(x) for x in gold_rng.uniform(low, low + 0.4, len(ITEM_IDS))]
+                            for role, low in (("source", 0.5), ("target_before", 0.1), ("target_after", 0.2))}
     evaluation = TaskEvaluation()
     for role in ROLES:
         scores = written["scores"][role]
         folder_role = writer.path(f"{EVALUATION_FOLDER}/mmlu/{role}")
-        write_items(folder_role, item_rows(scores, predictions[role]))
+        write_items(folder_role, item_rows(scores, predictions[role], written["gold_prob"][role]))
         mean = float(np.mean(scores))
         summary = {"task": "mmlu", "model": model_record("src" if role == "source" else "tgt", 3, 8),
                    "metrics": {"acc": {"mean": mean, "low": mean - 0.1, "high": mean + 0.1, "n": len(scores)}},

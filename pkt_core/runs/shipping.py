@@ -88,14 +88,16 @@ def results_rows(root: Path) -> list[dict]:
     rows = []
     for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
         try:
-            manifest = open_run(folder).manifest
+            run = open_run(folder)
         except RunReadError:  # incomplete or corrupt: never a result
             continue
+        manifest = run.manifest
         method = METHOD_TITLES.get(manifest.method, manifest.method)
         if manifest.method == "semalign":
             method += f" {manifest.variant}"
         for gain in sorted(run_gains(manifest), key=lambda g: g.task):
             evaluation = manifest.evaluation[gain.task]
+            continuous = continuous_record(run, gain.task)
             comparison = evaluation.comparison_target_before_after
             # Runs written before the manifest had a cost summary: the same numbers from their stages.
             stage_peaks = [r.peak_rss_mib for r in manifest.stages.values() if r.peak_rss_mib]
@@ -115,9 +117,82 @@ def results_rows(root: Path) -> list[dict]:
                 "wrong_to_right": comparison.wrong_to_right if comparison else None,
                 "mcnemar_p": comparison.mcnemar_p if comparison else None, "wall_seconds": cost.get("wall_seconds"),
                 "peak_rss_mib": cost.get("peak_rss_mib"), "trainable_parameters": cost.get("trainable_parameters"),
-                "hardware": hardware,
+                "hardware": hardware, "continuous": continuous, "dtype": _compute_dtype(manifest),
             })
     return rows
+
+
+def continuous_measure(task: str) -> str:
+    """The continuous measure a task's cell reports: the probability mass on the gold option for
+    choice tasks (bounded, so its mean is not dominated by a few hopeless items), else the gold
+    answer's log-probability (a code task's canonical solution, teacher-forced)."""
+    from pkt_core.evaluation.specs import task_of_key
+    from pkt_core.evaluation.tasks import CHOICE_TASKS
+
+    try:
+        task = task_of_key(task)
+    except ValueError:
+        pass
+    return "gold_prob" if task in CHOICE_TASKS else "gold_logprob"
+
+
+def continuous_record(run, key: str) -> dict | None:
+    """Paired per item, from the run's item tables: the continuous measure's after - before and
+    source - before with bootstrap intervals, and the share of the gap closed; None for a run whose
+    items hold no such measure (scored before the measure existed)."""
+    from pkt_core.evaluation.continuous import paired_measures
+
+    roles = run.evaluated_tasks().get(key, [])
+    if "target_before" not in roles:
+        return None
+    tables = {role: run.evaluation_items(key, role) for role in ("target_before", "target_after", "source")
+              if role in roles}
+    measure = continuous_measure(key)
+    paired = paired_measures(tables["target_before"], tables.get("target_after"), tables.get("source"), (measure,))
+    if measure not in paired:
+        return None
+    return {"measure": measure, **paired[measure]}
+
+
+def _signed_interval(value: dict | None, digits: int = 3) -> str:
+    if not value or value.get("mean") is None:
+        return "-"
+    if value.get("low") is None:
+        return f"{value['mean']:+.{digits}f}"
+    return f"{value['mean']:+.{digits}f} ({value['low']:+.{digits}f} to {value['high']:+.{digits}f})"
+
+
+MEASURE_TITLES = {"gold_prob": "gold-option mass", "gold_logprob": "gold log-prob"}
+
+
+def continuous_cell(record: dict | None) -> str:
+    """'gold-option mass +0.012 (+0.004 to +0.020); gap closed 0.07 (0.02 to 0.12)'."""
+    if not record or "after_minus_before" not in record:
+        return "no continuous measure in this run's items"
+    digits = 3 if record["measure"] == "gold_prob" else 2
+    text = f"{MEASURE_TITLES[record['measure']]} {_signed_interval(record['after_minus_before'], digits)}"
+    closed = record.get("gap_closed") or {}
+    if closed.get("mean") is not None:
+        text += f"; gap closed {closed['mean']:.2f} ({closed['low']:.2f} to {closed['high']:.2f})"
+        if closed.get("note"):
+            text += " (gap not resolved)"
+    return text
+
+
+def _compute_dtype(manifest) -> str:
+    """How the run computed: 'fp32', or 'bf16 autocast' for the auto policy on a bf16 CPU or GPU."""
+    precision = manifest.precision or {}
+    target = precision.get("target") or {}
+    if target.get("autocast"):
+        return f"{target.get('compute', 'low-precision')} autocast"
+    return target.get("compute") or manifest.config.get("dtype", "fp32")
+
+
+def _gap_text(record: dict) -> str:
+    """The pair's own gap on the continuous measure: 'source - target: gold-option mass +0.182 (...)'."""
+    digits = 3 if record["measure"] == "gold_prob" else 2
+    return (f"source - target: {MEASURE_TITLES[record['measure']]} "
+            f"{_signed_interval(record.get('source_minus_before'), digits)}")
 
 
 def results_table(root: Path) -> str:
@@ -154,7 +229,11 @@ def paper_table(root: Path) -> str:
         cells = []
         for task in tasks:
             values = {(_interval(r[role])) for r in rows if r["task"] == task}
-            cells.append(values.pop() if len(values) == 1 else "differs between runs: " + "; ".join(sorted(values)))
+            cell = values.pop() if len(values) == 1 else "differs between runs: " + "; ".join(sorted(values))
+            gaps = {_gap_text(r["continuous"]) for r in rows if r["task"] == task and r["continuous"]}
+            if role == "source" and len(gaps) == 1:
+                cell += f"<br>{gaps.pop()}"
+            cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " | - |")
     methods: dict[str, dict[str, dict]] = {}
     for row in rows:
@@ -170,8 +249,8 @@ def paper_table(root: Path) -> str:
                 continue
             change = row["after"]["mean"] - row["before"]["mean"]
             p_value = "" if row["mcnemar_p"] is None else f", p = {row['mcnemar_p']:.2f}"
-            cells.append(f"{_interval(row['after'])}; {change:+.3f}{p_value}")
-        costs = "; ".join(f"{task}: {r['wall_seconds']:,.0f} s, {r['peak_rss_mib'] / 1024:.1f} GiB"
+            cells.append(f"{_interval(row['after'])}; {change:+.3f}{p_value}<br>{continuous_cell(row['continuous'])}")
+        costs = "; ".join(f"{task}: {r['wall_seconds']:,.0f} s, {r['peak_rss_mib'] / 1024:.1f} GiB, {r['dtype']}"
                           for task, r in by_task.items() if r["wall_seconds"] is not None and r["peak_rss_mib"])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {costs or '-'} |")
     return "\n".join(lines)

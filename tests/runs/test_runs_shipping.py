@@ -92,3 +92,27 @@ def test_the_results_table_reads_each_task_of_each_complete_run(tmp_path):
             f"| {cell(means['target_after'])} | {comparison.right_to_wrong} / {comparison.wrong_to_right}, "
             f"p = {comparison.mcnemar_p:.2f} | {cell(means['source'])} | 0.0 M | 2 s") in table
     assert "failed-run" not in table
+
+
+def test_table_1_cells_pair_the_gold_option_mass_item_by_item_and_give_the_gap_closed(tmp_path):
+    import numpy as np
+
+    from pkt_core.runs.shipping import paper_table, results_rows
+
+    _, written = write_full_run(tmp_path / "kd-run", method="kd")
+    gold = {role: np.asarray(values, dtype=np.float64) for role, values in written["gold_prob"].items()}
+    [row] = results_rows(tmp_path)
+    record = row["continuous"]
+    assert record["measure"] == "gold_prob"
+    # Independent of the code: the paired mean and the ratio of mean differences, in float64.
+    assert np.isclose(record["after_minus_before"]["mean"], np.mean(gold["target_after"] - gold["target_before"]))
+    assert np.isclose(record["source_minus_before"]["mean"], np.mean(gold["source"] - gold["target_before"]))
+    closed = (gold["target_after"].mean() - gold["target_before"].mean()) / (
+        gold["source"].mean() - gold["target_before"].mean())
+    assert np.isclose(record["gap_closed"]["mean"], closed)
+    low, high = record["after_minus_before"]["low"], record["after_minus_before"]["high"]
+    assert low <= record["after_minus_before"]["mean"] <= high
+    table = paper_table(tmp_path)
+    shift = np.mean(gold["target_after"] - gold["target_before"])
+    assert f"gold-option mass {shift:+.3f} ({low:+.3f} to {high:+.3f}); gap closed {closed:.2f}" in table
+    assert f"source - target: gold-option mass {np.mean(gold['source'] - gold['target_before']):+.3f}" in table
