@@ -85,6 +85,10 @@ def add_transfer_parser(commands) -> None:
     hyper.add_argument("--fidelity-scope", choices=["sample", "full"], default="sample",
                        help="sample (default): 256 probe tokens per model (seeded) at 8 layers spread over depth; "
                             "full: every CKA probe row at every layer (the manifest records which)")
+    hyper.add_argument("--similarity", dest="similarity_measures",
+                       help="comma list of the CKA / CCA measures computed on the probes for every view (default: "
+                            "all of linear_cka, linear_cka_unbiased, rbf_cka, svcca, pwcca, mean_cca, "
+                            "procrustes, mutual_knn; linear_cka is always needed: the layer maps read it)")
     peers = parser.add_argument_group("peer methods (seeking, laten)")
     peers.add_argument("--epochs", type=int, help="passes over the alignment samples (default 3)")
     peers.add_argument("--seed-samples", type=int, default=32,
@@ -152,6 +156,7 @@ def run_transfer_command(args: argparse.Namespace) -> int:
         eval_settings=eval_settings_from_args(args, prefix="eval-").as_dict(),
         fidelity=args.fidelity, epochs=args.epochs, seeking_seed_samples=args.seed_samples,
         fidelity_scope=args.fidelity_scope,
+        **({"similarity_measures": args.similarity_measures.split(",")} if args.similarity_measures else {}),
         seeking_lora_dropout=args.lora_dropout, laten_top_layers=args.laten_layers,
         laten_neuron_fraction=args.neuron_fraction, laten_hidden_size=args.hypernet_hidden,
         allow_shared_subset=args.allow_shared_subset, linear_probe_items=args.probe_items,

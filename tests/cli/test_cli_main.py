@@ -102,3 +102,23 @@ def test_pkt_transfer_takes_several_formulations_of_a_task_as_evaluation_specs(m
         main(["transfer", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "task[:mc|:rc][+circular][@N]" in shown and "task-formulation[-circular]" in shown
+
+
+def test_pkt_transfer_similarity_chooses_the_measures_and_refuses_a_set_without_linear_cka(monkeypatch, tmp_path,
+                                                                                            capsys):
+    import pkt_core.transfer.pipeline as pipeline
+
+    seen = {}
+
+    def fake_run(config, **kwargs):
+        seen["config"] = config
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_transfer", fake_run)
+    base = ["transfer", "--source", "a", "--target", "b", "--task", "mmlu", "--out", str(tmp_path / "run")]
+    assert main(base + ["--similarity", "linear_cka,svcca"]) == 130
+    assert seen.pop("config").similarity_measures == ["linear_cka", "svcca"]
+    assert main(base) == 130
+    assert "procrustes" in seen.pop("config").similarity_measures  # the default: every measure
+    assert main(base + ["--similarity", "svcca"]) != 0
+    assert "must include linear_cka" in capsys.readouterr().err
