@@ -39,12 +39,24 @@ def subspace_size(rows: int, widths: Sequence[int]) -> int:
 def principal_subspace(layer: np.ndarray, k: int) -> tuple[np.ndarray, float]:
     """The centred rows in the basis of their top ``k`` principal directions, and the share of
     variance those directions keep."""
+    import scipy.linalg
+
     centred = layer - layer.mean(axis=0, keepdims=True)
-    # SVD of the centred rows: the right singular vectors are the principal directions.
-    u, singular, _ = np.linalg.svd(centred, full_matrices=False)
-    total = float((singular**2).sum())
-    kept = float((singular[:k] ** 2).sum() / total) if total > 0 else 0.0
-    return u[:, :k] * singular[:k], kept
+    n, d = centred.shape
+    k = min(k, n, d)
+    total = float(np.einsum("ij,ij->", centred, centred))
+    if total == 0:
+        return np.zeros((n, k)), 0.0
+    # Only the top k eigenpairs of the smaller Gram matrix (the scores of a full SVD, up to the signs of
+    # the directions, which no CCA measure sees): a partial symmetric eigensolver costs a fraction of
+    # the full SVD that this took before (169 s of a run's 700 s similarity view on 52 layers of the
+    # real pair, loaded). The top k are far above the rounding of the Gram matrix (they keep more than
+    # half the variance), so squaring loses nothing here.
+    gram = centred.T @ centred if d <= n else centred @ centred.T
+    values, vectors = scipy.linalg.eigh(gram, subset_by_index=[gram.shape[0] - k, gram.shape[0] - 1], driver="evr")
+    values, vectors = values[::-1].clip(min=0.0), vectors[:, ::-1]
+    scores = centred @ vectors if d <= n else vectors * np.sqrt(values)
+    return scores, float(values.sum() / total)
 
 
 def probe_similarity_records(
