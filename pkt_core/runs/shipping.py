@@ -118,6 +118,7 @@ def results_rows(root: Path) -> list[dict]:
                 "mcnemar_p": comparison.mcnemar_p if comparison else None, "wall_seconds": cost.get("wall_seconds"),
                 "peak_rss_mib": cost.get("peak_rss_mib"), "trainable_parameters": cost.get("trainable_parameters"),
                 "hardware": hardware, "continuous": continuous, "dtype": _compute_dtype(manifest),
+                "budget": _budget(manifest),
             })
     return rows
 
@@ -179,6 +180,16 @@ def continuous_cell(record: dict | None) -> str:
     return text
 
 
+def _budget(manifest) -> str:
+    """'32 samples x 2 steps' (frontier methods) or '32 samples x 3 epochs' (the peers)."""
+    config = manifest.config
+    samples = len(manifest.data.alignment_ids)
+    if config.get("epochs"):
+        return f"{samples} samples x {config['epochs']} epochs"
+    steps = config.get("steps_per_stage")
+    return f"{samples} samples x {steps} step{'s' if steps != 1 else ''}" if steps else f"{samples} samples"
+
+
 def _compute_dtype(manifest) -> str:
     """How the run computed: 'fp32', or 'bf16 autocast' for the auto policy on a bf16 CPU or GPU."""
     precision = manifest.precision or {}
@@ -237,7 +248,8 @@ def paper_table(root: Path) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " | - |")
     methods: dict[str, dict[str, dict]] = {}
     for row in rows:
-        methods.setdefault(row["method"], {})[row["task"]] = row
+        # Runs of one method at different budgets or precisions are different rows (editions of the table).
+        methods.setdefault(f"{row['method']} ({row['budget']}, {row['dtype']})", {})[row["task"]] = row
     titles = list(METHOD_TITLES.values())
     order = lambda name: (next((i for i, t in enumerate(titles) if name.startswith(t)), len(titles)), name)  # noqa: E731
     for method, by_task in sorted(methods.items(), key=lambda item: order(item[0])):
