@@ -169,7 +169,8 @@ def precision_child(args) -> None:
                             batch_size=args.batch_size, max_tokens=args.max_tokens,
                             stages=None if stages is None else list(stages), dtype=args.precision,
                             eval_tasks=["mmlu"] if args.eval_limit else [], eval_limit=args.eval_limit or None,
-                            fidelity=args.fidelity, linear_probe_items=args.probe_items)
+                            fidelity=args.fidelity, linear_probe_items=args.probe_items,
+                            similarity_measures=args.similarity.split(","))
     samples = load_alignment_and_probes("mmlu", None, config.align_samples, config.probe_samples, config.seed)
     tokenised = tokenise_samples(target.tokenizer, samples[0], config.max_tokens)
     flops = {f"stage-{k:03d}": frontier_stage_flops(target, tokenised, k, config) for k in frontier_layers(target, config)}
@@ -306,6 +307,9 @@ def main() -> None:
                         help="precision: the run's fidelity stage (as pkt transfer: on)")
     parser.add_argument("--probe-items", type=int, default=300,
                         help="precision: linear-probe items (as pkt transfer: 300; 0 leaves the probe stages out)")
+    parser.add_argument("--similarity", default="linear_cka",
+                        help="precision: CKA / CCA measures per view (default linear_cka, the shipped fp32 runs' set; "
+                             "their cost is measured by bench_probe_similarity.py)")
     parser.add_argument("--floor-repeats", type=int, default=5, help="precision: GEMM floor, best of N")
     parser.add_argument("--work-dir", help="precision: keep both run folders here (default: a temporary folder)")
     parser.add_argument("--child", choices=["frontier", "full", "precision"], help=argparse.SUPPRESS)
