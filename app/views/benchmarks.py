@@ -111,6 +111,8 @@ if task == "mmlu":
         subject_metric = "acc_norm" if default == "acc_norm" and "acc_norm" in table else "acc"
         st.caption(f"Per-subject {subject_metric}.")
         wide = table.pivot_table(index="subject", columns="role", values=subject_metric)
+        # Columns in the order the page names the models everywhere else (pivot_table sorts them by name).
+        wide = wide[[role for role in ("source", "target_before", "target_after") if role in wide.columns]]
         if {"target_before", "target_after"} <= set(wide.columns):
             wide["after - before"] = wide["target_after"] - wide["target_before"]
         st.dataframe(wide.reset_index(), hide_index=True, key="benchmarks_subjects_table")

@@ -55,6 +55,9 @@ def test_per_subject_breakdown(app_test, app_run):
         per_subject = {row["subject"]: row["acc"] for row in _summary(app_run, role)["per_subject"]}
         assert list(trace["x"]) == subjects
         np.testing.assert_allclose(decode(trace["y"]), [per_subject[s] for s in subjects])
+    table = next(frame.value for frame in at.dataframe if "subject" in frame.value.columns
+                 and "after - before" in frame.value.columns)
+    assert list(table.columns) == ["subject", "source", "target_before", "target_after", "after - before"]
     at.multiselect(key="benchmarks_subjects").set_value(subjects[:2]).run()
     assert all(list(trace["x"]) == subjects[:2] for trace in chart(at, "benchmarks-subjects")["data"])
 
