@@ -1,12 +1,28 @@
 import json
 
 import numpy as np
+import pytest
 from tiny_models import SAMPLE_TEXTS
 
 from pkt_core.capture.activation_store import open_activations
 from pkt_core.cli.arguments import parse_layer_list
 from pkt_core.cli.main import main
 
+
+@pytest.fixture
+def transfer_configs(monkeypatch) -> dict:
+    """``pkt transfer`` stops right after building its config, before any model is loaded; the config
+    lands in the returned dict under "config"."""
+    from pkt_core.transfer import pipeline
+
+    seen: dict = {}
+
+    def fake_run(config, **kwargs):
+        seen["config"] = config
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_transfer", fake_run)
+    return seen
 
 def test_models_list_json(capsys):
     assert main(["models", "list", "--json"]) == 0
@@ -56,17 +72,9 @@ def test_layer_list_parsing():
     assert parse_layer_list("all") is None
 
 
-def test_pkt_transfer_carries_the_evaluation_formulation_into_the_config(monkeypatch, tmp_path):
+def test_pkt_transfer_carries_the_evaluation_formulation_into_the_config(transfer_configs, tmp_path):
     """--eval-formulation / --eval-shots / --eval-circular reach the run's config (and so its manifest)."""
-    import pkt_core.transfer.pipeline as pipeline
-
-    seen = {}
-
-    def fake_run(config, **kwargs):
-        seen["config"] = config
-        raise KeyboardInterrupt  # stop before any model is loaded
-
-    monkeypatch.setattr(pipeline, "run_transfer", fake_run)
+    seen = transfer_configs
     code = main(["transfer", "--source", "a", "--target", "b", "--task", "mmlu", "--eval", "mmlu,arc_easy",
                  "--eval-limit", "2", "--eval-formulation", "mc", "--eval-shots", "5", "--eval-circular",
                  "--out", str(tmp_path / "run")])
@@ -77,18 +85,10 @@ def test_pkt_transfer_carries_the_evaluation_formulation_into_the_config(monkeyp
     assert config.eval_settings["circular"] is True
 
 
-def test_pkt_transfer_takes_several_formulations_of_a_task_as_evaluation_specs(monkeypatch, tmp_path, capsys):
+def test_pkt_transfer_takes_several_formulations_of_a_task_as_evaluation_specs(transfer_configs, tmp_path, capsys):
     """--eval mmlu,mmlu:rc@1,arc_easy+circular: each spec reaches the config (canonical), a duplicate is
     refused with its reason, and --help shows the grammar."""
-    from pkt_core.transfer import pipeline
-
-    seen = {}
-
-    def fake_run(config, **kwargs):
-        seen["config"] = config
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pipeline, "run_transfer", fake_run)
+    seen = transfer_configs
     base = ["transfer", "--source", "a", "--target", "b", "--task", "arc_easy", "--out", str(tmp_path / "run")]
     assert main([*base, "--eval", "mmlu, mmlu:rc@1,arc_easy:mc+circular", "--eval-limit", "5"]) == 130
     assert seen["config"].eval_tasks == ["mmlu", "mmlu:rc@1", "arc_easy:mc+circular"]
@@ -104,17 +104,9 @@ def test_pkt_transfer_takes_several_formulations_of_a_task_as_evaluation_specs(m
     assert "task[:mc|:rc][+circular][@N]" in shown and "task-formulation[-circular]" in shown
 
 
-def test_pkt_transfer_similarity_chooses_the_measures_and_refuses_a_set_without_linear_cka(monkeypatch, tmp_path,
+def test_pkt_transfer_similarity_chooses_the_measures_and_refuses_a_set_without_linear_cka(transfer_configs, tmp_path,
                                                                                             capsys):
-    import pkt_core.transfer.pipeline as pipeline
-
-    seen = {}
-
-    def fake_run(config, **kwargs):
-        seen["config"] = config
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pipeline, "run_transfer", fake_run)
+    seen = transfer_configs
     base = ["transfer", "--source", "a", "--target", "b", "--task", "mmlu", "--out", str(tmp_path / "run")]
     assert main(base + ["--similarity", "linear_cka,svcca"]) == 130
     assert seen.pop("config").similarity_measures == ["linear_cka", "svcca"]
