@@ -15,25 +15,26 @@ import app_fixtures  # noqa: E402
 from app_fixtures import APP  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def built_run(tmp_path_factory):
-    """(run folder, model folder) of a complete tiny SemAlign run with MMLU evaluations."""
-    root = tmp_path_factory.mktemp("app_run")
+def _build(tmp_path_factory, name: str, make, run_name: str):
+    """A run made by ``make(run folder, model folder)`` in its own PKT_HOME; (run, model folder)."""
+    root = tmp_path_factory.mktemp(name)
     (root / "models").mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PKT_HOME", str(root / "home"))
-        run = app_fixtures.make_run(root / "tiny-v1-mmlu", root / "models")
-    return run, root / "models"
+        return make(root / run_name, root / "models"), root / "models"
+
+
+@pytest.fixture(scope="session")
+def built_run(tmp_path_factory):
+    """(run folder, model folder) of a complete tiny SemAlign run with MMLU evaluations."""
+    return _build(tmp_path_factory, "app_run", app_fixtures.make_run, "tiny-v1-mmlu")
 
 
 @pytest.fixture(scope="session")
 def built_formulations_run(tmp_path_factory):
     """A complete tiny run whose evaluation holds MMLU in two formulations (letters and cloze)."""
-    root = tmp_path_factory.mktemp("formulations_run")
-    (root / "models").mkdir()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PKT_HOME", str(root / "home"))
-        return app_fixtures.make_formulations_run(root / "tiny-v1-mmlu-formulations", root / "models")
+    return _build(tmp_path_factory, "formulations_run", app_fixtures.make_formulations_run,
+                  "tiny-v1-mmlu-formulations")[0]
 
 
 @pytest.fixture
