@@ -145,7 +145,12 @@ st.dataframe(shown[["item_id", "subject", "flip", "gold", *answer_columns]], hid
 if not shown.empty:
     item_id = st.selectbox("Item", list(shown["item_id"]), key="benchmarks_item")
     item = shown[shown["item_id"] == item_id].iloc[0]
-    st.markdown(f"**Gold:** `{item['gold']}`")
+    if task in ("humaneval", "mbpp"):
+        # A code item's gold is its test program: a completion is right when these tests pass.
+        st.markdown("**Tests** (the item's gold: a completion passes when they run without error):")
+        st.code(str(item["gold"]), language="python")
+    else:
+        st.markdown(f"**Gold:** `{item['gold']}`")
     for role in ("source", "target_before", "target_after"):
         if f"prediction_{role}" in item and item[f"prediction_{role}"] == item[f"prediction_{role}"]:
             st.markdown(f"**{role.replace('_', ' ')}:** {item.get(f'outcome_{role}', '')}")

@@ -71,3 +71,25 @@ def test_every_page_shows_every_shipped_run_without_an_error(monkeypatch, folder
     assert not app.exception, app.exception
     assert app.session_state["current_run"] == str(folder)
     assert not app.error, [error.value for error in app.error]
+
+
+def test_a_code_item_shows_its_tests_as_the_gold_not_as_an_answer(monkeypatch):
+    """On a shipped HumanEval run the paired item view names the test program for what it is."""
+    import pandas as pd
+
+    folders = [f for f in _shipped_folders() if "humaneval" in f.name]
+    if not folders:
+        pytest.skip("no shipped HumanEval run")
+    folder = folders[0]
+    monkeypatch.setenv("PKT_CACHED_RUNS", str(SHIPPED))
+    app = AppTest.from_file(APP, default_timeout=180)
+    app.session_state["current_run"] = str(folder)
+    app.run()
+    app.switch_page("views/benchmarks.py").run()
+    assert not app.exception
+    texts = [m.value for m in app.markdown]
+    assert any(t.startswith("**Tests**") for t in texts) and not any(t.startswith("**Gold:**") for t in texts)
+    shown_item = app.selectbox(key="benchmarks_item").value
+    items = pd.read_parquet(folder / "evaluation" / "humaneval" / "target_before" / "items.parquet")
+    tests = items.set_index("item_id").loc[shown_item, "target"]
+    assert tests.strip() in [block.value.strip() for block in app.code]
