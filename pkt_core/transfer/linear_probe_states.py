@@ -7,7 +7,7 @@ so memory stays at one forward's activations whatever the number of items. Promp
 Batches are formed from prompts of similar length (sorted), which saves most of the padding.
 
 The states of the source and of the untouched target do not depend on the run: they are cached
-under ``$PKT_HOME/linear_probe_states/``, keyed by the model's fingerprint, its precision policy,
+in the per-model cache (:mod:`~pkt_core.transfer.model_cache`, kind ``linear_probe_states``), keyed by the model's fingerprint, its precision policy,
 weight dtype and device type, the item set's digest (ids, prompts, labels), ``max_tokens`` and
 :data:`STATE_DEFINITION`, so a second run on the same pair captures only the trained target. A
 trained target must never be read from or written to the cache: its fingerprint is the untouched
@@ -16,9 +16,7 @@ model's (the caller passes ``use_cache=False``).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,11 +27,11 @@ import torch
 from pkt_core.capture.hooks import position_ids_from_mask
 from pkt_core.models.loading import LoadedModel
 from pkt_core.models.memory import dtype_name
-from pkt_core.paths import pkt_home
 from pkt_core.transfer.linear_probe_items import ProbeItems
+from pkt_core.transfer.model_cache import HIT, cache_path, cached_tensors, inputs_digest
 
 STATE_DEFINITION = "block output (resid_post) at the last prompt token; right padding; v1"
-CACHE_FOLDER = "linear_probe_states"
+CACHE_KIND = "linear_probe_states"  # under the per-model cache (pkt_core.transfer.model_cache)
 # Padded tokens per forward (prompts of similar length batched together). At 4096 the largest transient
 # tensor of a 1.5B Qwen forward (the MLP's 4096 x 8960 float32 activations) is 0.15 GB; only one row
 # per sequence and layer is kept.
@@ -51,7 +49,7 @@ class ProbeStates:
 
 
 def state_cache_dir() -> Path:
-    return pkt_home() / CACHE_FOLDER
+    return cache_path(CACHE_KIND, "-").parent
 
 
 def _token_ids(tokenizer, prompt: str, max_tokens: int) -> tuple[list[int], bool]:
@@ -140,47 +138,21 @@ def cache_key(loaded: LoadedModel, items: ProbeItems, max_tokens: int) -> dict:
             "items": items.digest, "max_tokens": max_tokens, "state": STATE_DEFINITION}
 
 
-def _cache_file(key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return state_cache_dir() / f"{digest}.safetensors"
-
-
-def _read_cached(path: Path, key: dict, items: ProbeItems, num_layers: int) -> ProbeStates | None:
-    """The cached states when the file is whole and is what ``key`` asks for; None otherwise."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if json.loads(metadata.get("key", "null")) != key:
-                return None
-            layers = {layer: handle.get_tensor(f"layer.{layer}") for layer in range(num_layers)}
-        truncated = int(metadata["truncated_prompts"])
-    except Exception:  # noqa: BLE001 - a damaged or partial file is captured again, never trusted
-        return None
-    if any(value.shape[0] != len(items) for value in layers.values()):
-        return None
-    return ProbeStates(layers, truncated, "hit", 0.0)
-
-
 def probe_states(loaded: LoadedModel, items: ProbeItems, max_tokens: int, use_cache: bool = True) -> ProbeStates:
-    """The model's last-prompt-token states on ``items``: from the cache where present (``use_cache``),
-    else captured (and, with ``use_cache``, stored atomically for the next run)."""
-    from safetensors.torch import save_file
-
+    """The model's last-prompt-token states on ``items``: from the per-model cache where present
+    (``use_cache``), else captured (and, with ``use_cache``, stored there for the next run)."""
     started = time.monotonic()
-    key = cache_key(loaded, items, max_tokens)
-    path = _cache_file(key)
-    if use_cache and path.is_file():
-        cached = _read_cached(path, key, items, loaded.adapter.num_layers)
-        if cached is not None:
-            cached.seconds = time.monotonic() - started
-            return cached
-    layers, truncated = last_token_states(loaded, items.prompts, max_tokens)
+
+    def capture() -> dict[str, torch.Tensor]:
+        layers, truncated = last_token_states(loaded, items.prompts, max_tokens)
+        return {**{f"layer.{layer}": value for layer, value in layers.items()},
+                "truncated_prompts": torch.tensor(truncated)}
+
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_file({f"layer.{layer}": value for layer, value in layers.items()}, str(temporary),
-                  metadata={"key": json.dumps(key), "truncated_prompts": str(truncated), "model": loaded.name})
-        os.replace(temporary, path)
-    return ProbeStates(layers, truncated, "miss" if use_cache else "off", time.monotonic() - started)
+        key = inputs_digest(json.dumps(cache_key(loaded, items, max_tokens), sort_keys=True))
+        tensors, status = cached_tensors(CACHE_KIND, key, capture)
+        how = "hit" if status == HIT else "miss"
+    else:
+        tensors, how = capture(), "off"
+    layers = {layer: tensors[f"layer.{layer}"] for layer in range(loaded.adapter.num_layers)}
+    return ProbeStates(layers, int(tensors["truncated_prompts"]), how, time.monotonic() - started)
