@@ -127,12 +127,12 @@ def continuous_measure(task: str) -> str:
     """The continuous measure a task's cell reports: the probability mass on the gold option for
     choice tasks (bounded, so its mean is not dominated by a few hopeless items), else the gold
     answer's log-probability (a code task's canonical solution, teacher-forced)."""
-    from pkt_core.evaluation.specs import task_of_key
+    from pkt_core.evaluation.specs import EvalSpecError, task_of_key
     from pkt_core.evaluation.tasks import CHOICE_TASKS
 
     try:
         task = task_of_key(task)
-    except ValueError:
+    except EvalSpecError:  # a hand-made key of no known task: read as its own name
         pass
     return "gold_prob" if task in CHOICE_TASKS else "gold_logprob"
 
