@@ -91,6 +91,7 @@ def child(args) -> None:
     from pkt_core.transfer.config import TransferConfig
     from pkt_core.transfer.forward import answer_loss
     from pkt_core.transfer.frontier import train_stage
+    from pkt_core.transfer.frontier_replay import FrontierReplay
     from pkt_core.transfer.layer_mapping import depth_map
     from pkt_core.transfer.semantic_bases import cross_model_map, semantic_basis
     from pkt_core.transfer.supervision import (
@@ -117,8 +118,10 @@ def child(args) -> None:
         import gc
         gc.collect()
         with PeakMemoryMonitor() as monitor:
-            for k in stages:
-                train_stage(target, k, tokenised, supervision, config)
+            replay = FrontierReplay(target, tokenised, config.batch_size, stages[0])
+            for k in stages:  # as run_frontier_schedule trains them
+                replay.advance_to(k)
+                train_stage(target, k, tokenised, supervision, config, replay=replay)
     else:
         del source
         import gc
@@ -173,7 +176,12 @@ def precision_child(args) -> None:
                             similarity_measures=args.similarity.split(","))
     samples = load_alignment_and_probes("mmlu", None, config.align_samples, config.probe_samples, config.seed)
     tokenised = tokenise_samples(target.tokenizer, samples[0], config.max_tokens)
-    flops = {f"stage-{k:03d}": frontier_stage_flops(target, tokenised, k, config) for k in frontier_layers(target, config)}
+    # The schedule replays its stages (pkt_core.transfer.frontier_replay): the first records, each
+    # next one carries the recorded states from the previous stage's block.
+    layers = sorted(frontier_layers(target, config))
+    flops = {f"stage-{k:03d}": frontier_stage_flops(target, tokenised, k, config,
+                                                    carried_from=layers[i - 1] if i else None)
+             for i, k in enumerate(layers)}
     batch_tokens = [int(tokenised.select(list(range(i, min(i + config.batch_size, len(tokenised))))).input_ids.numel())
                     for i in range(0, len(tokenised), config.batch_size)]
     run_transfer(config, out_dir=args.out, overwrite=True, source=source, target=target, samples=samples)

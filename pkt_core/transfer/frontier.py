@@ -28,7 +28,14 @@ from pkt_core.models.precision import check_finite_step, grad_scaler, merge_delt
 from pkt_core.transfer import losses as loss_functions
 from pkt_core.transfer.alignment_data import TokenisedSamples
 from pkt_core.transfer.config import TransferConfig
-from pkt_core.transfer.forward import answer_loss, forward_to_frontier, frontier_site_states, layer_token_mask
+from pkt_core.transfer.forward import (
+    FrontierOutputs,
+    answer_loss,
+    forward_to_frontier,
+    frontier_site_states,
+    layer_token_mask,
+)
+from pkt_core.transfer.frontier_replay import FrontierReplay
 from pkt_core.transfer.lora import (
     DEFAULT_LORA_TARGETS,
     LoRALinear,
@@ -58,9 +65,12 @@ def stage_losses(
     supervision: Supervision,
     config: TransferConfig,
     answer_offsets: torch.Tensor,
+    outputs: FrontierOutputs | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every configured loss term for one minibatch at the frontier ``layer`` (unweighted)."""
-    outputs = forward_to_frontier(loaded, batch, layer, config.needs_final_logits())
+    """Every configured loss term for one minibatch at the frontier ``layer`` (unweighted), from
+    ``outputs`` (a :class:`FrontierReplay`'s) or from a forward of the model up to the layer."""
+    if outputs is None:
+        outputs = forward_to_frontier(loaded, batch, layer, config.needs_final_logits())
     if supervision.level == "sequence":
         from pkt_core.transfer.sequence_alignment import sequence_stage_losses
 
@@ -139,9 +149,13 @@ def train_stage(
     config: TransferConfig,
     on_step: StepCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    replay: FrontierReplay | None = None,
 ) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """Train the frontier ``layer``; returns per-step loss records and the weight delta of the
     stage (float32 deltas of changed tensors, or the float32 LoRA factors when ``trainable == 'lora'``).
+
+    With a ``replay`` standing at ``layer`` (built on these ``samples`` and ``config.batch_size``),
+    each minibatch starts from its recorded input of the layer instead of a forward of the prefix.
 
     Raises :class:`pkt_core.models.precision.NonFiniteStepError` on a NaN or infinite step."""
     model = loaded.model
@@ -175,7 +189,9 @@ def train_stage(
             for start in range(0, len(order), config.batch_size):
                 indices = order[start : start + config.batch_size]
                 batch = samples.select(indices)
-                terms = stage_losses(loaded, batch, indices, layer, supervision, config, offsets)
+                outputs = (None if replay is None
+                           else replay.outputs(start // config.batch_size, layer, config.needs_final_logits()))
+                terms = stage_losses(loaded, batch, indices, layer, supervision, config, offsets, outputs)
                 share = len(indices) / len(order)
                 # Terms of a sharded model may sit on different GPUs: sum them on the first one's.
                 first = next(iter(terms.values()))
@@ -231,10 +247,26 @@ def run_frontier_schedule(context: "RunContext", supervision: Supervision) -> di
     Shared by SemAlign and the controls (kd, finetune), which differ only in ``config.losses``
     and the ``supervision`` they bring. A finished stage of a resumed run is replayed from its
     checkpointed delta. Returns the weight delta of all stages together.
+
+    Block-trained stages run from a :class:`FrontierReplay` (the prefix is computed once, not at
+    every step of every stage; same results); LoRA stages run the plain forward.
     """
     config, target, stages, writer = context.config, context.target, context.stages, context.writer
     delta: dict[str, torch.Tensor] = {}
     loss_rows = context.loss_rows()
+    replays: list[FrontierReplay] = []
+
+    def run_stage(k: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
+        # Recording the block inputs (the first stage) and carrying them to block k count as the stage's time.
+        replay = None
+        if config.trainable == "block":
+            if not replays:
+                replays.append(FrontierReplay(target, context.alignment, config.batch_size, k))
+            replay = replays[0]
+            replay.advance_to(k)
+        return train_stage(target, k, context.alignment, supervision, config, context.on_progress,
+                           context.should_cancel, replay)
+
     for k in sorted(frontier_layers(target, config)):
         name = f"stage-{k:03d}"
         if stages.done(name):
@@ -242,10 +274,7 @@ def run_frontier_schedule(context: "RunContext", supervision: Supervision) -> di
             apply_weight_delta(target.model, stage_delta)
             delta.update(stage_delta)
             continue
-        records, stage_delta = stages.run(
-            name, lambda k=k: train_stage(target, k, context.alignment, supervision, config, context.on_progress,
-                                          context.should_cancel),
-            lambda result: result[1])
+        records, stage_delta = stages.run(name, lambda k=k: run_stage(k), lambda result: result[1])
         delta.update(stage_delta)
         loss_rows.extend(records)
         context.save_loss_rows(loss_rows)

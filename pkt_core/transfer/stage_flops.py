@@ -19,6 +19,12 @@ answer-prediction rows of a batch, ``k`` the frontier layer, ``L`` the layer cou
   backward); the relation loss ``8 m^2 D`` per sequence of m kept tokens (two Gram matrices
   forward, the target's two operands backward).
 
+With a replay (:mod:`pkt_core.transfer.frontier_replay`, what ``run_frontier_schedule`` uses),
+the steps start at block k from its recorded input, so the prefix 0..k-1 runs once per stage
+instead of once per step: the stage counts the forward of the blocks it carries its recorded
+states through (``carried_from`` .. k-1, once), or, for the first stage of a run
+(``carried_from=None``), the recording forward of blocks 0..L-2 (it stops before the last block).
+
 Not counted: norms, activations, softmaxes, rotary embeddings, embedding look-ups and elementwise
 loss terms (O(t D) against the O(t D^2) above). Block-trained, token-level stages only (LoRA
 and two-tokenizer sequence alignment change the count and are refused).
@@ -86,9 +92,15 @@ def block_shape(loaded: LoadedModel, layer: int) -> BlockShape:
     return BlockShape(tuple(linears), int(heads * head_dim))
 
 
-def frontier_stage_flops(loaded: LoadedModel, samples: TokenisedSamples, layer: int, config: TransferConfig
-                         ) -> StageFlops:
-    """The matmul FLOPs of training frontier ``layer`` on ``samples`` under ``config`` (see the module)."""
+PLAIN = "plain"
+
+
+def frontier_stage_flops(loaded: LoadedModel, samples: TokenisedSamples, layer: int, config: TransferConfig,
+                         carried_from: int | None | str = PLAIN) -> StageFlops:
+    """The matmul FLOPs of training frontier ``layer`` on ``samples`` under ``config`` (see the module).
+
+    ``carried_from``: ``PLAIN`` for a stage that forwards its prefix at every step
+    (``train_stage`` without a replay); else the replay's previous block (None: the stage records it)."""
     if config.trainable != "block":
         raise ValueError(f"the FLOP count covers block training, not trainable={config.trainable!r}")
     num_layers = loaded.adapter.num_layers
@@ -99,15 +111,23 @@ def frontier_stage_flops(loaded: LoadedModel, samples: TokenisedSamples, layer: 
     weights = {name for name, weight in config.losses.items() if weight}
     reads_logits = config.needs_final_logits()
     last_forward = num_layers - 1 if reads_logits else layer
+    first_forward = 0 if carried_from == PLAIN else layer
+    once = 0  # the replay's recording or carrying forward, run once per stage, not per step
     blocks = head_and_losses = 0
     for start in range(0, len(samples), config.batch_size):
         batch = samples.select(list(range(start, min(start + config.batch_size, len(samples)))))
         rows, length = batch.input_ids.shape
         tokens = rows * length
         answer_rows = int(batch.prediction_mask().sum())
-        for index in range(last_forward + 1):
+        def forward(index: int) -> tuple[int, int]:
             shape = shapes[index]
-            linear, attention = 2 * tokens * shape.linear_macs_per_token, 4 * rows * length**2 * shape.attention_width
+            return 2 * tokens * shape.linear_macs_per_token, 4 * rows * length**2 * shape.attention_width
+
+        if carried_from != PLAIN:
+            once_blocks = range(num_layers - 1) if carried_from is None else range(carried_from, layer)
+            once += sum(sum(forward(index)) for index in once_blocks)
+        for index in range(first_forward, last_forward + 1):
+            linear, attention = forward(index)
             blocks += linear + attention  # forward
             if index == layer:
                 blocks += 2 * linear + 2 * attention  # input and weight gradients; Q, K, V and P gradients
@@ -120,4 +140,4 @@ def frontier_stage_flops(loaded: LoadedModel, samples: TokenisedSamples, layer: 
         if "relation" in weights:
             kept = layer_token_mask(batch, config.drop_first_position).sum(dim=1)
             head_and_losses += sum(8 * int(m) ** 2 * width for m in kept if m >= 2)
-    return StageFlops(blocks * config.steps_per_stage, head_and_losses * config.steps_per_stage)
+    return StageFlops(blocks * config.steps_per_stage + once, head_and_losses * config.steps_per_stage)

@@ -8,6 +8,7 @@ from transfer_fixtures import addition_samples
 from pkt_core.transfer.alignment_data import AlignmentSample, tokenise_samples
 from pkt_core.transfer.config import TransferConfig
 from pkt_core.transfer.frontier import train_stage
+from pkt_core.transfer.frontier_replay import FrontierReplay
 from pkt_core.transfer.stage_flops import frontier_stage_flops
 from pkt_core.transfer.supervision import Supervision
 
@@ -48,6 +49,24 @@ def test_count_equals_torch_flop_counter_on_a_real_stage(random_pair, variant, l
         assert counted.head_and_losses == 0
 
 
+@pytest.mark.parametrize(("variant", "losses"), [("v1", None), ("v1", {"layer_cosine": 1.0}), ("acl-fisher", None)])
+def test_count_of_replayed_stages_equals_torch_flop_counter(random_pair, variant, losses):
+    """The replayed schedule: the first stage records (a forward of blocks 0..L-2), the next carries
+    its states through the block it skipped (layer 0 -> 2: blocks 0 and 1) and then trains."""
+    _, target = random_pair
+    samples, config, supervision = _stage_inputs(target, variant, losses)
+    with FlopCounterMode(display=False) as counter:
+        replay = FrontierReplay(target, samples, config.batch_size, 0)
+        train_stage(target, 0, samples, supervision, config, replay=replay)
+    assert frontier_stage_flops(target, samples, 0, config, carried_from=None).total == counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        replay.advance_to(2)
+        train_stage(target, 2, samples, supervision, config, replay=replay)
+    assert frontier_stage_flops(target, samples, 2, config, carried_from=0).total == counter.get_total_flops()
+    plain = frontier_stage_flops(target, samples, 2, config)
+    assert plain.total > frontier_stage_flops(target, samples, 2, config, carried_from=1).total
+
+
 def test_hand_count_for_the_tiny_target(random_pair):
     """One batch, one step, counted by hand from the tiny target's config (width 32, MLP 64, 4 query
     heads and 2 key/value heads of 8, 3 layers): per token the Linear layers multiply
@@ -71,6 +90,11 @@ def test_hand_count_for_the_tiny_target(random_pair):
     with_logits = count(0, {"layer_cosine": 1.0, "answer_ce": 1.0})
     assert with_logits.blocks == 3 * forward + full_backward + 2 * input_backward
     assert with_logits.head_and_losses == 4 * answers * 32 * vocab
+    # Replayed: the prefix runs once (the carry through block 1), not at every step.
+    config = TransferConfig(source="s", target="t", data_file="x", steps_per_stage=3, batch_size=4,
+                            losses={"layer_cosine": 1.0})
+    assert frontier_stage_flops(target, samples, 2, config, carried_from=1).total == forward + 3 * (forward + full_backward)
+    assert frontier_stage_flops(target, samples, 0, config, carried_from=None).total == 2 * forward + 3 * (forward + full_backward)
 
 
 def test_lora_and_bad_layers_are_refused(random_pair):
