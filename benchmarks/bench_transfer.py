@@ -21,6 +21,14 @@ run's bootstrap interval.
 
     python benchmarks/bench_transfer.py --compare-precision [--random [--random-layers 24:28]] \
         [--stages all] [--eval-limit 5] [--work-dir DIR]
+
+``--compare-replay``: the frontier stages of one process, on one supervision, trained twice from
+the same target weights: the plain schedule (every step forwards the prefix 0..k) and the
+replayed one (``pkt_core.transfer.frontier_replay``, what runs use). Per stage: wall time of
+each, the ratio, and whether the two deltas are equal bit for bit.
+
+    python benchmarks/bench_transfer.py --compare-replay --variant acl-fisher --samples 32 --steps 2 \
+        --stages 0,8,16,23 [--precision auto]
 """
 
 from __future__ import annotations
@@ -297,6 +305,59 @@ def compare_precision(args) -> None:
         print("\n".join(_agreement_lines(runs)))
 
 
+def compare_replay(args) -> None:
+    """Plain against replayed frontier stages on the same supervision, in this process."""
+    from pkt_core.cli.arguments import parse_layer_list
+    from pkt_core.transfer.alignment_data import tokenise_samples
+    from pkt_core.transfer.config import TransferConfig
+    from pkt_core.transfer.frontier import train_stage
+    from pkt_core.transfer.frontier_replay import FrontierReplay
+    from pkt_core.transfer.layer_mapping import depth_map
+    from pkt_core.transfer.semantic_bases import cross_model_map, semantic_basis
+    from pkt_core.transfer.stage_flops import frontier_stage_flops
+    from pkt_core.transfer.supervision import _final_norm_cpu, build_supervision, collect_layer_states
+    from pkt_core.transfer.task_samples import load_alignment_and_probes
+
+    source, target, label = _models(args, args.precision or "fp32")
+    stages = sorted(parse_layer_list(args.stages) or range(target.adapter.num_layers))
+    samples, _, _ = load_alignment_and_probes("mmlu", None, args.samples, 0, seed=0)
+    tokenised = tokenise_samples(target.tokenizer, samples, args.max_tokens)
+    config = TransferConfig(source="s", target="t", variant=args.variant, task="mmlu", steps_per_stage=args.steps,
+                            batch_size=args.batch_size, align_samples=args.samples)
+    sites = {"contribution", "block_output"}
+    before = collect_layer_states(target, tokenised, stages, sites, args.batch_size)
+    cross = cross_model_map(semantic_basis(target.adapter.lm_head().weight), semantic_basis(source.adapter.lm_head().weight))
+    supervision = build_supervision(source, before, tokenised, depth_map(source.adapter.num_layers, target.adapter.num_layers),
+                                    cross, sites, stages, True, _final_norm_cpu(target), args.batch_size,
+                                    with_answer_log_probs=bool(config.losses.get("output_kl")))
+    del source, before
+    untouched = {name: tensor.clone() for name, tensor in target.model.state_dict().items()}
+    results: dict[str, list[tuple[float, dict]]] = {}
+    for mode in ("plain", "replay"):
+        target.model.load_state_dict(untouched)
+        replay, rows = None, []
+        for k in stages:
+            started = time.perf_counter()
+            if mode == "replay":
+                replay = replay or FrontierReplay(target, tokenised, config.batch_size, k)
+                replay.advance_to(k)
+            _, delta = train_stage(target, k, tokenised, supervision, config, replay=replay)
+            rows.append((time.perf_counter() - started, delta))
+        results[mode] = rows
+    print(f"model: {label}; precision {target.precision.name}; CPU ({torch.get_num_threads()} threads); "
+          f"variant {args.variant}, {args.samples} samples, {args.steps} step(s), batch {args.batch_size}")
+    print(f"{'stage':<7}{'plain s':>9}{'replay s':>10}{'replay / plain':>16}{'GFLOP plain':>13}{'GFLOP replay':>14}  same delta")
+    for i, k in enumerate(stages):
+        (plain_s, plain_delta), (replay_s, replay_delta) = results["plain"][i], results["replay"][i]
+        same = set(plain_delta) == set(replay_delta) and all(torch.equal(plain_delta[n], replay_delta[n]) for n in plain_delta)
+        plain_flops = frontier_stage_flops(target, tokenised, k, config).total / 1e9
+        replay_flops = frontier_stage_flops(target, tokenised, k, config, carried_from=stages[i - 1] if i else None).total / 1e9
+        print(f"{k:<7}{plain_s:>9.1f}{replay_s:>10.1f}{replay_s / plain_s:>16.2f}{plain_flops:>13.1f}{replay_flops:>14.1f}  {same}")
+    total_plain = sum(t for t, _ in results["plain"])
+    total_replay = sum(t for t, _ in results["replay"])
+    print(f"all stages: plain {total_plain:.1f} s, replay {total_replay:.1f} s, replay / plain {total_replay / total_plain:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--random", action="store_true")
@@ -310,6 +371,7 @@ def main() -> None:
     parser.add_argument("--variant", default="v1")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compare-precision", action="store_true", help="fp32 against auto on the standard run")
+    parser.add_argument("--compare-replay", action="store_true", help="plain against replayed frontier stages")
     parser.add_argument("--eval-limit", type=int, default=0, help="precision: MMLU items per subject (0: no evaluation)")
     parser.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=True,
                         help="precision: the run's fidelity stage (as pkt transfer: on)")
@@ -332,6 +394,9 @@ def main() -> None:
         return
     if args.child:
         child(args)
+        return
+    if args.compare_replay:
+        compare_replay(args)
         return
     if args.compare_precision:
         compare_precision(args)

@@ -65,7 +65,7 @@ def add_transfer_parser(commands) -> None:
                        help="labelled evaluation items of the layer-wise linear probe (choice tasks; 0: off)")
     hyper.add_argument("--steps", type=int, default=2, help="optimizer steps per stage (semalign, kd, finetune)")
     hyper.add_argument("--batch-size", type=int, help="default 8; laten 16 (the paper's examples per step)")
-    hyper.add_argument("--lr", type=float, help="default 1e-4; seeking 3e-4 (the paper's); laten 1e-3")
+    hyper.add_argument("--lr", type=float, help="default 3e-5 (the paper's v1); seeking 3e-4 (the paper's); laten 1e-3")
     hyper.add_argument("--max-tokens", type=int, default=256)
     hyper.add_argument("--trainable", choices=["block", "lora"], default="block", help="full frontier block or LoRA r")
     hyper.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (seeking: also the SVD rank)")
