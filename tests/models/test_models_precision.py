@@ -25,6 +25,21 @@ def test_auto_picks_bf16_only_where_bf16_is_native(monkeypatch):
     assert resolve_precision("auto", "cuda:0").name == "fp32"
 
 
+def test_a_low_precision_on_a_cpu_that_emulates_it_warns_and_auto_does_not(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(precision.SlowPrecisionWarning, match="no native bf16/fp16 matmul.*--dtype auto"):
+        resolve_precision("bf16", "cpu")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_precision("auto", "cpu").name == "fp32"
+        resolve_precision(torch.bfloat16)  # a model already stored in bf16: described, not chosen
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+        resolve_precision("bf16", "cpu")
+
+
 def test_policies_and_their_records():
     assert resolve_precision(torch.bfloat16).name == "bf16-weights"  # the old load_model(dtype=torch.bfloat16)
     assert resolve_precision("float16").needs_grad_scaler
