@@ -102,7 +102,10 @@ if method in FRONTIER_METHODS:
 else:
     trainable, stages_text = "block", "all"
 d1, d2, d3 = st.columns(3)
-dtype = d1.selectbox("dtype", ["fp32", "bf16", "fp16"], key="new_dtype")
+dtype = d1.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"], key="new_dtype",
+                     help="auto: bf16 autocast with fp32 master weights where the device multiplies bf16 natively "
+                          "(a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX), fp32 elsewhere; the run records "
+                          "what it picked. bf16 / fp16 on a CPU without native support run about ten times slower.")
 device = d2.text_input("Device", "cpu", key="new_device", help="cpu, cuda:N or auto")
 seed = d3.number_input("Seed", 0, 2**31 - 1, 0, key="new_seed")
 st.markdown("**Evaluation** (source, target before and target after, on the same items)")
