@@ -201,6 +201,7 @@ def test_peer_methods_are_offered_with_their_own_budget_and_submitted(pair_and_d
     assert not at.exception and "Submitted" in at.success[0].value
     [job] = job_queue.list_jobs()
     assert job.params["config"]["method"] == "laten" and job.params["config"]["epochs"] == 2
+    assert job.params["config"]["dtype"] == "auto"  # the precision policy, resolved (and recorded) by the run
     plan = [name for name, _, _ in job_worker.transfer_plan(TransferConfig(**job.params["config"]), 3)]
     assert plan[-2:] == ["hypernetworks", "probe_after"] and "location" in plan and "stage-000" not in plan
 
