@@ -91,6 +91,20 @@ def _qwen_like_tokenizer():
     return byte_level_tokenizer()
 
 
+def _stage_supervision(source, target, tokenised, stages, config, batch_size):
+    """SemAlign's supervision of ``stages`` from the real (or random) source, as a run builds it."""
+    from pkt_core.transfer.layer_mapping import depth_map
+    from pkt_core.transfer.semantic_bases import cross_model_map, semantic_basis
+    from pkt_core.transfer.supervision import _final_norm_cpu, build_supervision, collect_layer_states
+
+    sites = {"contribution", "block_output"}
+    before = collect_layer_states(target, tokenised, stages, sites, batch_size)
+    cross = cross_model_map(semantic_basis(target.adapter.lm_head().weight), semantic_basis(source.adapter.lm_head().weight))
+    return build_supervision(source, before, tokenised, depth_map(source.adapter.num_layers, target.adapter.num_layers),
+                             cross, sites, stages, True, _final_norm_cpu(target), batch_size,
+                             with_answer_log_probs=bool(config.losses.get("output_kl")))
+
+
 def child(args) -> None:
     from pkt_core.capture.hooks import position_ids_from_mask
     from pkt_core.cli.arguments import parse_layer_list
@@ -100,13 +114,6 @@ def child(args) -> None:
     from pkt_core.transfer.forward import answer_loss
     from pkt_core.transfer.frontier import train_stage
     from pkt_core.transfer.frontier_replay import FrontierReplay
-    from pkt_core.transfer.layer_mapping import depth_map
-    from pkt_core.transfer.semantic_bases import cross_model_map, semantic_basis
-    from pkt_core.transfer.supervision import (
-        _final_norm_cpu,
-        build_supervision,
-        collect_layer_states,
-    )
     from pkt_core.transfer.task_samples import load_alignment_and_probes
 
     source, target, label = _models(args)
@@ -116,13 +123,8 @@ def child(args) -> None:
     config = TransferConfig(source="s", target="t", variant=args.variant, task="mmlu", steps_per_stage=args.steps,
                             batch_size=args.batch_size, align_samples=args.samples)
     if args.child == "frontier":
-        sites = {"contribution", "block_output"}
-        before = collect_layer_states(target, tokenised, stages, sites, args.batch_size)
-        cross = cross_model_map(semantic_basis(target.adapter.lm_head().weight), semantic_basis(source.adapter.lm_head().weight))
-        supervision = build_supervision(source, before, tokenised, depth_map(source.adapter.num_layers, target.adapter.num_layers),
-                                        cross, sites, stages, True, _final_norm_cpu(target), args.batch_size,
-                                        with_answer_log_probs=bool(config.losses.get("output_kl")))
-        del source, before
+        supervision = _stage_supervision(source, target, tokenised, stages, config, args.batch_size)
+        del source
         import gc
         gc.collect()
         with PeakMemoryMonitor() as monitor:
@@ -312,10 +314,7 @@ def compare_replay(args) -> None:
     from pkt_core.transfer.config import TransferConfig
     from pkt_core.transfer.frontier import train_stage
     from pkt_core.transfer.frontier_replay import FrontierReplay
-    from pkt_core.transfer.layer_mapping import depth_map
-    from pkt_core.transfer.semantic_bases import cross_model_map, semantic_basis
     from pkt_core.transfer.stage_flops import frontier_stage_flops
-    from pkt_core.transfer.supervision import _final_norm_cpu, build_supervision, collect_layer_states
     from pkt_core.transfer.task_samples import load_alignment_and_probes
 
     source, target, label = _models(args, args.precision or "fp32")
@@ -324,13 +323,8 @@ def compare_replay(args) -> None:
     tokenised = tokenise_samples(target.tokenizer, samples, args.max_tokens)
     config = TransferConfig(source="s", target="t", variant=args.variant, task="mmlu", steps_per_stage=args.steps,
                             batch_size=args.batch_size, align_samples=args.samples)
-    sites = {"contribution", "block_output"}
-    before = collect_layer_states(target, tokenised, stages, sites, args.batch_size)
-    cross = cross_model_map(semantic_basis(target.adapter.lm_head().weight), semantic_basis(source.adapter.lm_head().weight))
-    supervision = build_supervision(source, before, tokenised, depth_map(source.adapter.num_layers, target.adapter.num_layers),
-                                    cross, sites, stages, True, _final_norm_cpu(target), args.batch_size,
-                                    with_answer_log_probs=bool(config.losses.get("output_kl")))
-    del source, before
+    supervision = _stage_supervision(source, target, tokenised, stages, config, args.batch_size)
+    del source
     untouched = {name: tensor.clone() for name, tensor in target.model.state_dict().items()}
     results: dict[str, list[tuple[float, dict]]] = {}
     for mode in ("plain", "replay"):

@@ -31,6 +31,7 @@ import torch
 from pkt_core.capture.hooks import position_ids_from_mask
 from pkt_core.models.loading import LoadedModel
 from pkt_core.models.placement import on_device_of
+from pkt_core.models.precision import model_device_type
 from pkt_core.transfer.alignment_data import TokenisedSamples
 from pkt_core.transfer.forward import FrontierOutputs, head_logits
 
@@ -105,8 +106,7 @@ class FrontierReplay:
         policy = self.loaded.precision
         if not policy.uses_autocast:
             return nullcontext()
-        device = self.loaded.adapter.decoder_layers()[self.position].parameters().__next__().device.type
-        return torch.autocast(device, dtype=policy.compute_dtype)
+        return torch.autocast(model_device_type(self.loaded.model), dtype=policy.compute_dtype)
 
     def _run_block(self, index: int, hidden: torch.Tensor, record: _BatchRecord) -> torch.Tensor:
         return _block_output(self.loaded.adapter.decoder_layers()[index](hidden, **record.block_kwargs[index]))
