@@ -93,11 +93,13 @@ def _linear_probe(writer: RunWriter, rng: np.random.Generator) -> list[dict]:
 
 
 def write_full_run(folder: Path, seed: int = 0, method: str = "semalign",
-                   cross_map_shape: tuple[int, int] = (8, 16)) -> tuple[Path, dict]:
+                   cross_map_shape: tuple[int, int] = (8, 16), config: dict | None = None) -> tuple[Path, dict]:
     """Every file kind of the run format, through RunWriter and the evaluation records; returns
-    (run folder, the values written) for the assertions."""
+    (run folder, the values written) for the assertions. ``config`` adds to the manifest's config."""
     rng = np.random.default_rng(seed)
-    writer = RunWriter(folder, base_manifest(folder.name, method))
+    manifest = base_manifest(folder.name, method)
+    manifest["config"].update(config or {})
+    writer = RunWriter(folder, manifest)
     written: dict = {"similarity": {}, "scores": role_scores(seed)}
     for metric in ("linear_cka", "svcca"):
         for view, shape in (("target_source_before", (N_TARGET, N_SOURCE)), ("target_source_after", (N_TARGET, N_SOURCE)),

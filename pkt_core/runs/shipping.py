@@ -118,7 +118,8 @@ def results_rows(root: Path) -> list[dict]:
                 "mcnemar_p": comparison.mcnemar_p if comparison else None, "wall_seconds": cost.get("wall_seconds"),
                 "peak_rss_mib": cost.get("peak_rss_mib"), "trainable_parameters": cost.get("trainable_parameters"),
                 "hardware": hardware, "continuous": continuous, "dtype": _compute_dtype(manifest),
-                "budget": _budget(manifest),
+                "budget": _budget(manifest), "departures": _departures(manifest),
+                "seed": int(manifest.config.get("seed") or 0),
             })
     return rows
 
@@ -190,6 +191,27 @@ def _budget(manifest) -> str:
     return f"{samples} samples x {steps} step{'s' if steps != 1 else ''}" if steps else f"{samples} samples"
 
 
+def _departures(manifest) -> list[str]:
+    """What a run set differently from its method's defaults of today, so that two rows of one
+    method never read alike: 'losses layer_cosine=1' (an ablation), 'lr 1e-4' (a run made under an
+    older default or with --lr). The seed is kept apart: runs differing only in it form a seed group."""
+    from pkt_core.transfer.config import METHOD_DEFAULTS, METHODS, VARIANTS
+
+    config = manifest.config
+    preset = (VARIANTS.get(manifest.variant or "", {}) if manifest.method == "semalign"
+              else METHODS.get(manifest.method, {})).get("losses")
+    losses = config.get("losses")
+    departures = []
+    if preset and losses and {k: float(v) for k, v in losses.items()} != {k: float(v) for k, v in preset.items()}:
+        departures.append("losses " + " + ".join(f"{name}={weight:g}" for name, weight in losses.items()))
+    default_rate = METHOD_DEFAULTS.get(manifest.method, {}).get("learning_rate")
+    rate = config.get("learning_rate")
+    if rate is not None and default_rate is not None and float(rate) != float(default_rate):
+        mantissa, exponent = f"{float(rate):.6e}".split("e")
+        departures.append(f"lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}")  # 1e-4, 2.5e-5
+    return departures
+
+
 def _compute_dtype(manifest) -> str:
     """How the run computed: 'fp32', or 'bf16 autocast' for the auto policy on a bf16 CPU or GPU."""
     precision = manifest.precision or {}
@@ -246,26 +268,59 @@ def paper_table(root: Path) -> str:
                 cell += "<br>" + " / ".join(sorted(gaps))
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " | - |")
-    methods: dict[str, dict[str, dict]] = {}
+    # Runs of one method at different budgets, precisions or settings are different rows (editions of
+    # the table, ablations); runs differing only in their seed are one group, each seed a row of its own
+    # and, for two or more seeds, a row of their spread.
+    groups: dict[str, dict[int, dict[str, dict]]] = {}
     for row in rows:
-        # Runs of one method at different budgets or precisions are different rows (editions of the table).
-        methods.setdefault(f"{row['method']} ({row['budget']}, {row['dtype']})", {})[row["task"]] = row
+        label = f"{row['method']} ({', '.join([row['budget'], row['dtype'], *row['departures']])})"
+        groups.setdefault(label, {}).setdefault(row["seed"], {})[row["task"]] = row
     titles = list(METHOD_TITLES.values())
     order = lambda name: (next((i for i, t in enumerate(titles) if name.startswith(t)), len(titles)), name)  # noqa: E731
-    for method, by_task in sorted(methods.items(), key=lambda item: order(item[0])):
-        cells = []
-        for task in tasks:
-            row = by_task.get(task)
-            if row is None or row["after"] is None:
-                cells.append("not run")
-                continue
-            change = row["after"]["mean"] - row["before"]["mean"]
-            p_value = "" if row["mcnemar_p"] is None else f", p = {row['mcnemar_p']:.2f}"
-            cells.append(f"{_interval(row['after'])}; {change:+.3f}{p_value}<br>{continuous_cell(row['continuous'])}")
-        costs = "; ".join(f"{task}: {r['wall_seconds']:,.0f} s, {r['peak_rss_mib'] / 1024:.1f} GiB, {r['dtype']}"
-                          for task, r in by_task.items() if r["wall_seconds"] is not None and r["peak_rss_mib"])
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {costs or '-'} |")
+    for label, by_seed in sorted(groups.items(), key=lambda item: order(item[0])):
+        for seed, by_task in sorted(by_seed.items()):
+            title = label if len(by_seed) == 1 and seed == 0 else f"{label[:-1]}, seed {seed})"
+            lines.append(f"| {title} | " + " | ".join(_method_cell(by_task.get(task)) for task in tasks)
+                         + f" | {_cost_cell(by_task.values())} |")
+        if len(by_seed) > 1:
+            seeds = sorted(by_seed)
+            lines.append(f"| {label[:-1]}, spread over seeds {', '.join(map(str, seeds))}) | " + " | ".join(
+                _seed_spread_cell([by_seed[s].get(task) for s in seeds]) for task in tasks) + " | - |")
     return "\n".join(lines)
+
+
+def _method_cell(row: dict | None) -> str:
+    if row is None or row["after"] is None:
+        return "not run"
+    change = row["after"]["mean"] - row["before"]["mean"]
+    p_value = "" if row["mcnemar_p"] is None else f", p = {row['mcnemar_p']:.2f}"
+    return f"{_interval(row['after'])}; {change:+.3f}{p_value}<br>{continuous_cell(row['continuous'])}"
+
+
+def _cost_cell(rows) -> str:
+    """One entry per run, named by its alignment task (a run evaluating several tasks costs once):
+    'mmlu: 1,476 s, 18.1 GiB, bf16 autocast'."""
+    by_run = {r["run"]: r for r in rows if r["wall_seconds"] is not None and r["peak_rss_mib"]}
+    return "; ".join(f"{r['alignment_task']}: {r['wall_seconds']:,.0f} s, {r['peak_rss_mib'] / 1024:.1f} GiB, {r['dtype']}"
+                     for r in by_run.values()) or "-"
+
+
+def _seed_spread_cell(rows: list[dict | None]) -> str:
+    """The seeds' changes side by side, their mean and range: the spread a method's row must clear."""
+    done = [r for r in rows if r is not None and r["after"] is not None]
+    if len(done) < 2:
+        return "fewer than two seeds"
+    changes = [r["after"]["mean"] - r["before"]["mean"] for r in done]
+    text = (f"change {' / '.join(f'{c:+.3f}' for c in changes)}: mean {sum(changes) / len(changes):+.3f}, "
+            f"range {max(changes) - min(changes):.3f}")
+    shifts = [r["continuous"]["after_minus_before"]["mean"] for r in done
+              if r["continuous"] and r["continuous"].get("after_minus_before")]
+    if len(shifts) == len(done):
+        name = MEASURE_TITLES[done[0]["continuous"]["measure"]]
+        digits = 3 if done[0]["continuous"]["measure"] == "gold_prob" else 2
+        text += (f"<br>{name} {' / '.join(f'{s:+.{digits}f}' for s in shifts)}: mean "
+                 f"{sum(shifts) / len(shifts):+.{digits}f}, range {max(shifts) - min(shifts):.{digits}f}")
+    return text
 
 
 BEGIN_MARK, END_MARK = "<!-- shipped-runs:begin (generated: python -m pkt_core.runs.shipping readme) -->", \

@@ -116,3 +116,42 @@ def test_table_1_cells_pair_the_gold_option_mass_item_by_item_and_give_the_gap_c
     shift = np.mean(gold["target_after"] - gold["target_before"])
     assert f"gold-option mass {shift:+.3f} ({low:+.3f} to {high:+.3f}); gap closed {closed:.2f}" in table
     assert f"source - target: gold-option mass {np.mean(gold['source'] - gold['target_before']):+.3f}" in table
+
+
+def test_table_1_keeps_ablations_and_older_rates_apart_and_gives_the_spread_between_seeds(tmp_path):
+    import numpy as np
+
+    from pkt_core.runs.shipping import paper_table, results_rows
+
+    kd = {"losses": {"output_kl": 1.0}, "learning_rate": 3e-5}
+    for seed in (0, 1, 2):  # a seed study: one run per alignment-sample seed, the rest alike
+        write_full_run(tmp_path / f"kd-seed{seed}", seed=seed, method="kd", config={**kd, "seed": seed})
+    write_full_run(tmp_path / "kd-old-rate", method="kd", config={**kd, "learning_rate": 1e-4})
+    write_full_run(tmp_path / "v1-layer-only", config={"losses": {"layer_cosine": 1.0}, "learning_rate": 3e-5})
+    write_full_run(tmp_path / "v1-both", config={"losses": {"layer_cosine": 1.0, "output_cosine": 1.0},
+                                                   "learning_rate": 3e-5})
+    rows = {row["run"]: row for row in results_rows(tmp_path)}
+    table = paper_table(tmp_path)
+    titles = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[4:]]
+    budget = "2 samples x 2 steps, fp32"
+    assert titles == [f"SemAlign v1 ({budget})", f"SemAlign v1 ({budget}, losses layer_cosine=1)"] + [
+        f"logit distillation (control) ({budget}, seed {s})" for s in (0, 1, 2)] + [
+        f"logit distillation (control) ({budget}, spread over seeds 0, 1, 2)",
+        f"logit distillation (control) ({budget}, lr 1e-4)"]
+    # The spread row, from the rows' own before / after means and item-paired gold mass (float64 here).
+    changes = [rows[f"kd-seed{s}"]["after"]["mean"] - rows[f"kd-seed{s}"]["before"]["mean"] for s in (0, 1, 2)]
+    spread = next(line for line in table.splitlines() if "spread over seeds" in line)
+    assert (f"change {' / '.join(f'{c:+.3f}' for c in changes)}: mean {np.mean(changes):+.3f}, "
+            f"range {max(changes) - min(changes):.3f}") in spread
+    shifts = [rows[f"kd-seed{s}"]["continuous"]["after_minus_before"]["mean"] for s in (0, 1, 2)]
+    assert f"gold-option mass {' / '.join(f'{x:+.3f}' for x in shifts)}: mean {np.mean(shifts):+.3f}" in spread
+
+
+def test_a_run_evaluated_on_several_tasks_costs_once_in_table_1():
+    from pkt_core.runs.shipping import _cost_cell
+
+    row = {"run": "r", "alignment_task": "mmlu", "wall_seconds": 1476.0, "peak_rss_mib": 18574.7, "dtype": "bf16 autocast"}
+    other = {**row, "run": "s", "alignment_task": "humaneval", "wall_seconds": 30.0, "peak_rss_mib": 1024.0, "dtype": "fp32"}
+    assert _cost_cell([{**row, "task": "mmlu"}, {**row, "task": "mmlu-rc"}]) == "mmlu: 1,476 s, 18.1 GiB, bf16 autocast"
+    assert _cost_cell([row, other]) == "mmlu: 1,476 s, 18.1 GiB, bf16 autocast; humaneval: 30 s, 1.0 GiB, fp32"
+    assert _cost_cell([{**row, "peak_rss_mib": None}]) == "-"
