@@ -121,11 +121,24 @@ def _read_partial(folder: Path) -> RunListing:
 
 def _broken_artefact(folder: Path, manifest: RunManifest) -> str | None:
     """The first listed artefact that is missing or damaged, described; None when all are intact."""
+    from pkt_core.runs.shared_tensors import SHARED_FOLDER, shared_part_path
+
+    shared = manifest.shipped.shared_parts if manifest.shipped else {}
+    for name, digests in shared.items():
+        for digest in digests:
+            part = shared_part_path(folder, digest)
+            if not part.is_file():
+                return (f"{name}: its shared part {SHARED_FOLDER}/{part.name} is missing; restore {SHARED_FOLDER}/ "
+                        "beside the run from the repository, or rerun with the command in the manifest")
+            stat = part.stat()
+            problem = _artefact_problem(part, f"{SHARED_FOLDER}/{part.name}", stat.st_mtime_ns, stat.st_size)
+            if problem:
+                return problem
     for name in manifest.artefacts:
         path = folder / name
         if not path.is_file():
             left_out = manifest.shipped.left_out if manifest.shipped else []
-            if name in left_out:
+            if name in left_out or name in shared:
                 continue
             return f"{name} is listed in the manifest but missing"
         stat = path.stat()
@@ -198,6 +211,10 @@ def list_runs(roots: list[Path]) -> list[RunListing]:
     for root in roots:
         if not root.is_dir():
             continue
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        from pkt_core.runs.shared_tensors import SHARED_FOLDER
+
+        # _shared/ holds the tensors shipped runs share, not a run.
+        for folder in sorted(p for p in root.iterdir()
+                             if p.is_dir() and not p.name.startswith(".") and p.name != SHARED_FOLDER):
             listings.append(read_run(folder))
     return listings

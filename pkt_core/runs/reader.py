@@ -75,7 +75,12 @@ class Run:
         return path
 
     def has(self, name: str) -> bool:
-        return (self.folder / name).is_file()
+        return (self.folder / name).is_file() or bool(self._shared_digests(name))
+
+    def _shared_digests(self, name: str) -> list[str]:
+        """The parts of ``name`` a shipped run keeps in the shipped folder's ``_shared/``."""
+        shipped = self.manifest.shipped
+        return list(shipped.shared_parts.get(name, [])) if shipped is not None else []
 
     # -- similarity ---------------------------------------------------------------------
     @cached_property
@@ -177,12 +182,21 @@ class Run:
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
+        from pkt_core.runs.shared_tensors import SharedPartError, load_shared_part
+
+        digests = self._shared_digests(name)
         try:
-            tensors = load_file(str(self._file(name)))
+            # A shipped run's file may be its own rest plus parts it shares with other runs.
+            tensors = load_file(str(self._file(name))) if not digests or (self.folder / name).is_file() else {}
         except RunReadError:
             raise
         except Exception as error:
             raise RunReadError(f"run {self.run_id}: {name} is unreadable ({error})") from error
+        for digest in digests:
+            try:
+                tensors.update(load_shared_part(self.folder, digest))
+            except SharedPartError as error:
+                raise RunReadError(f"run {self.run_id}: {name}: {error}") from None
         spec = TENSOR_FILES.get(Path(name).name)
         if spec is not None:
             try:

@@ -37,10 +37,10 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from pkt_core.errors import PktError
 
@@ -234,6 +234,10 @@ class ShippedRecord(Record):
     left_out: list[str] = Field(default_factory=list)
     stored_float16: list[str] = Field(default_factory=list)
     reproduce: str
+    # file -> SHA-256 digests of the tensor groups stored once in the shipped folder's _shared/
+    # (pkt_core.runs.shared_tensors); the run's own file, if any, holds the rest.
+    shared_parts: dict[str, list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]]] = Field(
+        default_factory=dict)
 
 
 class AlignmentLevel(Record):

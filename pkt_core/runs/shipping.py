@@ -5,8 +5,9 @@ stays. The cross-model map (``d_tgt x d_src``, 5.5 MB in float32 for the Qwen pa
 float16: the app only projects with it, and float16's relative error (5e-4) is far below what a
 2-D projection can show. When the folder's size budget is tight, a run may also be shipped
 without the artefacts only the Projections page reads (``leave_out``); the other pages need none
-of them. The manifest says what was left out or rounded and the command that recreates the run in
-full.
+of them. The tensors runs of one pair hold alike move to the folder's ``_shared/``, stored once
+(:mod:`pkt_core.runs.shared_tensors`). The manifest says what was left out, rounded or shared and
+the command that recreates the run in full.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from pkt_core.atomic_files import replace_directory
 from pkt_core.runs.reader import RunReadError, open_run
+from pkt_core.runs.shared_tensors import prune_shared, referenced_digests, share_tensors
 from pkt_core.runs.writer import write_validated_manifest
 from pkt_core.runs.schema import (
     CROSS_MAP_FILE,
@@ -61,10 +63,49 @@ def ship_run(run_folder: Path, destination_root: Path, reproduce_command: str,
     for name in halved:
         tensors = load_file(staging / name)
         save_file({key: value.to(torch.float16) for key, value in tensors.items()}, staging / name)
-    manifest.shipped = ShippedRecord(left_out=left_out, stored_float16=halved, reproduce=reproduce_command)
+    shared = share_tensors(staging)
+    manifest.shipped = ShippedRecord(left_out=left_out, stored_float16=halved, reproduce=reproduce_command,
+                                     shared_parts=shared)
     write_validated_manifest(staging, manifest)
     replace_directory(staging, destination)
+    prune_unreferenced(destination_root)
     return destination
+
+
+def share_shipped(root: Path) -> list[Path]:
+    """Move the tensors the shipped runs under ``root`` hold alike into ``root/_shared`` (runs
+    shipped before parts were shared); each run is rewritten in a staging copy and swapped in whole."""
+    changed = []
+    for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
+        try:
+            run = open_run(folder)
+        except RunReadError:
+            continue
+        shipped = run.manifest.shipped
+        if shipped is None or shipped.shared_parts:
+            continue
+        staging = Path(root) / f".{folder.name}.sharing"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(folder, staging)
+        manifest = run.manifest.model_copy(deep=True)
+        manifest.shipped = shipped.model_copy(update={"shared_parts": share_tensors(staging)})
+        write_validated_manifest(staging, manifest)
+        replace_directory(staging, folder)
+        changed.append(folder)
+    prune_unreferenced(root)
+    return changed
+
+
+def prune_unreferenced(root: Path) -> list[Path]:
+    """Remove the shared parts no complete shipped run under ``root`` names any more."""
+    manifests = []
+    for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
+        try:
+            manifests.append(open_run(folder).manifest)
+        except RunReadError:
+            # A damaged run may still name parts: keep everything rather than delete what it needs.
+            return []
+    return prune_shared(root, referenced_digests(manifests))
 
 
 # -- the table of shipped runs ----------------------------------------------------------------
@@ -357,6 +398,7 @@ def update_readme(root: Path, results: Path | None = None) -> Path:
     """Rewrite the generated section of ``<root>/README.md`` (and the Table 1 of ``results``,
     default ``benchmarks/RESULTS.md`` beside ``root``) from the manifests."""
     readme = Path(root) / "README.md"
+    prune_unreferenced(root)
     _replace_between(readme, BEGIN_MARK, END_MARK, readme_section(root))
     results = results or Path(root).resolve().parent / "benchmarks" / "RESULTS.md"
     if results.is_file() and TABLE_BEGIN in results.read_text():
@@ -380,9 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
     readme = commands.add_parser("readme", help="rewrite the generated section of <root>/README.md")
     readme.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
+    share = commands.add_parser("share", help="store the tensors shipped runs hold alike once, in <root>/_shared")
+    share.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
     args = parser.parse_args(argv)
     if args.command == "ship":
         print(ship_run(args.run_folder, args.to, args.reproduce, args.leave_out))
+    elif args.command == "share":
+        for folder in share_shipped(args.root):
+            print(folder)
     elif args.command == "readme":
         print(update_readme(args.root))
     else:

@@ -16,12 +16,17 @@ def _files(folder) -> set[str]:
 def test_shipped_run_keeps_everything_but_the_delta(tmp_path):
     run, _ = write_full_run(tmp_path / "runs" / "r1")
     shipped = ship_run(run, tmp_path / "cached_runs", "pkt transfer --pair p --task mmlu")
-    assert _files(shipped) == _files(run) - {"target_delta.safetensors"}
+    # The map is wholly in the shared parts beside the run (test_runs_shared_tensors.py); it still reads.
+    assert _files(shipped) == _files(run) - {"target_delta.safetensors", "cross_map.safetensors"}
     assert read_run(shipped).complete, read_run(shipped).problem
     manifest = open_run(shipped).manifest
+    shared = manifest.shipped.shared_parts
     assert manifest.shipped.model_dump() == {"left_out": ["target_delta.safetensors"],
                                              "stored_float16": ["cross_map.safetensors"],
-                                             "reproduce": "pkt transfer --pair p --task mmlu"}
+                                             "reproduce": "pkt transfer --pair p --task mmlu",
+                                             "shared_parts": shared}
+    assert set(shared) == {"probe_activations.safetensors", "cross_map.safetensors"}
+    assert open_run(shipped).has("cross_map.safetensors")
     assert manifest.weights_delta.file is None
     with pytest.raises(RunReadError, match="without its weight delta"):
         open_run(shipped).weight_delta()
@@ -49,13 +54,16 @@ def test_the_cross_map_is_shipped_in_float16_within_its_rounding(tmp_path):
 
     run, written = write_full_run(tmp_path / "runs" / "r2", cross_map_shape=(48, 80))
     shipped = ship_run(run, tmp_path / "cached_runs", "cmd")
-    stored = load_file(shipped / "cross_map.safetensors")["cross_map"]
+    stored = open_run(shipped).tensors("cross_map.safetensors")["cross_map"]
     original = written["cross_map"].double()
     assert stored.dtype == torch.float16
     # float16 keeps 11 significant bits: relative error at most 2^-11 per entry (normal range).
     relative = ((stored.double() - original).abs() / original.abs()).max()
     assert relative <= 2.0 ** -11 + 1e-7
-    assert (shipped / "cross_map.safetensors").stat().st_size < (run / "cross_map.safetensors").stat().st_size * 0.6
+    [digest] = open_run(shipped).manifest.shipped.shared_parts["cross_map.safetensors"]
+    part = shipped.parent / "_shared" / f"{digest}.safetensors"
+    assert torch.equal(load_file(part)["cross_map"], stored)
+    assert part.stat().st_size < (run / "cross_map.safetensors").stat().st_size * 0.6
     assert open_run(shipped).manifest.shipped.stored_float16 == ["cross_map.safetensors"]
 
 
