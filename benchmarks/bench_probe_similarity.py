@@ -28,7 +28,7 @@ from pkt_core.transfer.probe_similarity import probe_similarity_records  # noqa:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1024)
-    parser.add_argument("--run", default=str(ROOT / "cached_runs" / "semalign-v1-mmlu-a16-s1"),
+    parser.add_argument("--run", default=str(ROOT / "cached_runs" / "semalign-acl-fisher-mmlu-a32-s2-lr3e-5"),
                         help="the run whose wall time is the reference")
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
