@@ -29,6 +29,14 @@ if not complete.empty:
                                                   "first evaluation the run asked for (named in 'gain of')",
                                                   format="%+.3f"),
             "gain_of": st.column_config.TextColumn("gain of", help="the evaluation and metric the gain shows"),
+            "shift": st.column_config.NumberColumn(
+                "shift", format="%+.3f", help="the continuous measure of the same evaluation, paired item by item: "
+                "after - before of the gold option's probability mass (choice tasks) or the gold answer's log-prob. "
+                "An accuracy gain with no shift here is the letter prior moving, not knowledge"),
+            "gap_closed": st.column_config.NumberColumn(
+                "gap closed", format="%.2f", help="share of the source - target gap on that measure the transfer "
+                "closed: (after - before) / (source - before)"),
+            "shift_of": st.column_config.TextColumn("shift of", help="the measure and its 95% bootstrap interval"),
             "gains": st.column_config.TextColumn("gains (mean [95% interval])", width="large"),
             "wall_s": st.column_config.NumberColumn("wall (s)", format="%.0f"),
             "peak_rss_mib": st.column_config.NumberColumn("peak RAM (MiB)", format="%.0f"),

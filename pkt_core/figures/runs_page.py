@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import pandas as pd
 
@@ -14,7 +16,8 @@ PRIMARY_METRICS = {"mmlu": "acc", "gsm8k": "exact_match,flexible-extract", "huma
 # A choice task is read by the metric its formulation scores each item by: letters the raw argmax
 # (acc), cloze the per-character one (acc_norm, the items' score), CircularEval right under every rotation.
 FORMULATION_METRICS = {("mc", False): "acc", ("rc", False): "acc_norm", ("mc", True): "acc_circular"}
-RUNS_TABLE_COLUMNS = ["run_id", "pair", "method", "variant", "task", "gain", "gain_of", "gains", "wall_s",
+RUNS_TABLE_COLUMNS = ["run_id", "pair", "method", "variant", "task", "gain", "gain_of", "shift", "gap_closed",
+                      "shift_of", "gains", "wall_s",
                       "peak_rss_mib", "peak_gpu_mib", "trainable_params", "created", "hardware", "status", "problem",
                       "folder"]
 
@@ -123,6 +126,9 @@ def gain_lines(manifest: RunManifest) -> list[str]:
     return lines or ["not evaluated: no before/after behaviour to show"]
 
 
+_MEASURE_NAMES = {"gold_prob": "gold-option mass", "gold_logprob": "gold log-prob"}
+
+
 def _peak(manifest: RunManifest, key: str) -> float | None:
     values = [getattr(record, key) for record in manifest.stages.values() if getattr(record, key) is not None]
     return max(values) if values else None
@@ -134,6 +140,26 @@ def hardware_text(manifest: RunManifest) -> str:
         return f"{len(hardware.gpus)} x {hardware.gpus[0]}"
     cpu = f"{hardware.cpu}, " if hardware.cpu else ""
     return f"CPU ({cpu}{hardware.cpu_count} cores)" if hardware.cpu_count else "-"
+
+
+@lru_cache(maxsize=256)
+def _continuous(folder: str, key: str, stamp: int) -> dict | None:
+    from pkt_core.runs.reader import RunReadError, open_run
+    from pkt_core.runs.shipping import continuous_record
+
+    try:
+        return continuous_record(open_run(folder), key)
+    except RunReadError:
+        return None
+
+
+def continuous_shift(listing: RunListing, key: str) -> dict | None:
+    """The continuous measure of evaluation ``key`` paired item by item (gold-option mass for a choice
+    task, gold log-prob otherwise): after - before and the share of the gap closed, with intervals;
+    None when the run's items hold none. Remembered per (folder, manifest modification time)."""
+    manifest_file = Path(listing.path) / "manifest.json"
+    stamp = manifest_file.stat().st_mtime_ns if manifest_file.is_file() else 0
+    return _continuous(str(listing.path), key, stamp)
 
 
 def runs_table(listings: list[RunListing]) -> pd.DataFrame:
@@ -150,6 +176,9 @@ def runs_table(listings: list[RunListing]) -> pd.DataFrame:
             continue
         gains = run_gains(manifest)
         first = gains[0] if gains else None
+        continuous = continuous_shift(listing, first.task) if first is not None and listing.complete else None
+        shift = (continuous or {}).get("after_minus_before") or {}
+        closed = (continuous or {}).get("gap_closed") or {}
         pair = manifest.pair or f"{manifest.source.name} -> {manifest.target.name}"
         variant = manifest.variant
         if manifest.across_tokenizers:
@@ -162,6 +191,12 @@ def runs_table(listings: list[RunListing]) -> pd.DataFrame:
             "task": manifest.task or manifest.config.get("data_file"),
             "gain": first.gain if first else None,
             "gain_of": first.label if first else None,
+            # The continuous measure beside the accuracy: a letter prior moving changes the one, not the other.
+            "shift": shift.get("mean"),
+            "gap_closed": closed.get("mean"),
+            "shift_of": (f"{first.task} {_MEASURE_NAMES[continuous['measure']]}, 95% interval "
+                         f"{shift['low']:+.3f} to {shift['high']:+.3f}" if shift.get("low") is not None else
+                         f"{first.task} {_MEASURE_NAMES[continuous['measure']]}" if continuous and shift else None),
             "gains": "; ".join(f"{g.label}: {interval_text(g.before)} -> {interval_text(g.after)}"
                                for g in gains) or "not evaluated",
             "wall_s": manifest.wall_seconds,

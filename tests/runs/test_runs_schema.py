@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from run_builders import ITEM_IDS, N_SOURCE, N_TARGET, base_manifest, write_full_run
@@ -142,6 +143,15 @@ def test_the_runs_table_gain_of_every_shipped_run_equals_its_items(folder):
                                  .column("score").to_pylist())) for role in ("target_before", "target_after")}
     assert row["gain"] == pytest.approx(means["target_after"] - means["target_before"], abs=1e-12)
     assert row["gains"] != "not evaluated"
+    # The continuous shift: the paired mean of the gold-option mass over the same items, from the files.
+    tables = {role: pq.read_table(folder / "evaluation" / task / role / "items.parquet").to_pandas().set_index("item_id")
+              for role in ("target_before", "target_after")}
+    if "gold_prob" in tables["target_before"] and tables["target_before"]["gold_prob"].notna().all():
+        paired = tables["target_after"]["gold_prob"] - tables["target_before"]["gold_prob"].loc[tables["target_after"].index]
+        assert row["shift"] == pytest.approx(float(paired.mean()), abs=1e-12)
+        assert row["shift_of"].startswith(f"{task} gold-option mass, 95% interval")
+    else:  # scored before the measure existed: nothing shown rather than a guess
+        assert pd.isna(row["shift"]) and row["shift_of"] is None
 
 
 def test_a_manifest_of_the_wrong_shape_is_named_with_its_field(full_run, tmp_path):
