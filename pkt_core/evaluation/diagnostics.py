@@ -85,3 +85,20 @@ def pride_prior(rotation_logprobs: Sequence[np.ndarray]) -> np.ndarray:
 def pride_predict(logprobs: np.ndarray, prior: np.ndarray) -> int:
     """argmax of P(position) / prior(position)."""
     return int(np.argmax(np.asarray(logprobs, dtype=np.float64) - np.log(prior)))
+
+
+def batch_calibrated_predictions(loglikelihoods: np.ndarray) -> np.ndarray:
+    """Predictions with the model's own option-position prior removed, estimated without labels.
+
+    Batch Calibration (Zhou et al., ICLR 2024): the contextual prior of position ``y`` is the mean
+    over the scored items of ``P(y | x)`` (the options' probabilities renormalised per item); the
+    calibrated prediction is ``argmax_y log P(y | x) - log prior(y)``. It needs no rotations and no
+    gold answers, so it can be read from any letter evaluation's stored option log-likelihoods. An
+    accuracy gain that vanishes under it was the prior moving; one that stays was the content.
+
+    ``loglikelihoods``: (items x options) raw option log-likelihoods, one row per item.
+    """
+    values = np.asarray(loglikelihoods, dtype=np.float64)
+    logprobs = values - np.logaddexp.reduce(values, axis=1, keepdims=True)
+    prior = np.exp(logprobs).mean(axis=0)
+    return np.argmax(logprobs - np.log(prior), axis=1)

@@ -96,6 +96,8 @@ def mcnemar_exact_p(right_to_wrong: int, wrong_to_right: int) -> float:
 
     Exact rational arithmetic, so thousands of discordant pairs lose no precision.
     """
+    # Python ints: a NumPy count would overflow 2 ** discordant (to 0) from 64 discordant pairs on.
+    right_to_wrong, wrong_to_right = int(right_to_wrong), int(wrong_to_right)
     if right_to_wrong < 0 or wrong_to_right < 0:
         raise MetricInputError("flip counts cannot be negative")
     discordant = right_to_wrong + wrong_to_right

@@ -38,6 +38,8 @@ def test_mcnemar_exact_p_equals_scipys_binomial_test(flips):
     discordant = right_to_wrong + wrong_to_right
     expected = 1.0 if discordant == 0 else stats.binomtest(right_to_wrong, discordant, 0.5).pvalue
     assert mcnemar_exact_p(right_to_wrong, wrong_to_right) == pytest.approx(expected, rel=1e-9)
+    # Counts summed from NumPy arrays (np.int64) give the same p: 2 ** discordant must not overflow.
+    assert mcnemar_exact_p(np.int64(right_to_wrong), np.int64(wrong_to_right)) == pytest.approx(expected, rel=1e-9)
 
 
 def test_bootstrap_interval_agrees_with_scipy_and_is_reproducible():
