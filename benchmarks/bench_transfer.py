@@ -29,6 +29,14 @@ each, the ratio, and whether the two deltas are equal bit for bit.
 
     python benchmarks/bench_transfer.py --compare-replay --variant acl-fisher --samples 32 --steps 2 \
         --stages 0,8,16,23 [--precision auto]
+
+``--compare-frozen-cast``: the replayed stages under ``auto`` twice, once with autocast casting
+the frozen blocks' float32 weights at every forward, once with them cast once per stage
+(``pkt_core.models.precision.frozen_linears_in_compute_dtype``, what runs use). Per stage: both
+wall times, the ratio, the achieved GFLOP/s, and whether the deltas are equal bit for bit.
+
+    python benchmarks/bench_transfer.py --compare-frozen-cast --variant acl-fisher --samples 32 --steps 2 \
+        --stages 0,8,16,23 [--random]
 """
 
 from __future__ import annotations
@@ -352,6 +360,58 @@ def compare_replay(args) -> None:
     print(f"all stages: plain {total_plain:.1f} s, replay {total_replay:.1f} s, replay / plain {total_replay / total_plain:.2f}")
 
 
+def compare_frozen_cast(args) -> None:
+    """Frontier stages (replayed, as runs train) with the frozen blocks cast once per stage against
+    autocast re-casting them at every forward; same supervision, same starting weights."""
+    import contextlib
+
+    import pkt_core.transfer.frontier as frontier
+    from pkt_core.cli.arguments import parse_layer_list
+    from pkt_core.transfer.alignment_data import tokenise_samples
+    from pkt_core.transfer.config import TransferConfig
+    from pkt_core.transfer.frontier_replay import FrontierReplay
+    from pkt_core.transfer.stage_flops import frontier_stage_flops
+    from pkt_core.transfer.task_samples import load_alignment_and_probes
+
+    source, target, label = _models(args, args.precision or "auto")
+    stages = sorted(parse_layer_list(args.stages) or range(target.adapter.num_layers))
+    samples, _, _ = load_alignment_and_probes("mmlu", None, args.samples, 0, seed=0)
+    tokenised = tokenise_samples(target.tokenizer, samples, args.max_tokens)
+    config = TransferConfig(source="s", target="t", variant=args.variant, task="mmlu", steps_per_stage=args.steps,
+                            batch_size=args.batch_size, align_samples=args.samples)
+    supervision = _stage_supervision(source, target, tokenised, stages, config, args.batch_size)
+    del source
+    untouched = {name: tensor.clone() for name, tensor in target.model.state_dict().items()}
+    cast_once = frontier.frozen_linears_in_compute_dtype
+    results: dict[str, list[tuple[float, dict]]] = {}
+    for mode in ("recast", "cast once"):
+        frontier.frozen_linears_in_compute_dtype = (
+            cast_once if mode == "cast once" else (lambda modules, policy: contextlib.nullcontext(0)))
+        target.model.load_state_dict(untouched)
+        replay, rows = None, []
+        for k in stages:
+            started = time.perf_counter()
+            replay = replay or FrontierReplay(target, tokenised, config.batch_size, k)
+            replay.advance_to(k)
+            _, delta = frontier.train_stage(target, k, tokenised, supervision, config, replay=replay)
+            rows.append((time.perf_counter() - started, delta))
+        results[mode] = rows
+    frontier.frozen_linears_in_compute_dtype = cast_once
+    print(f"model: {label}; precision {target.precision.name}; CPU ({torch.get_num_threads()} threads); "
+          f"variant {args.variant}, {args.samples} samples, {args.steps} step(s), batch {args.batch_size}")
+    print(f"{'stage':<7}{'recast s':>10}{'cast once s':>13}{'once / recast':>15}{'GFLOP/s once':>14}  same delta")
+    for i, k in enumerate(stages):
+        (recast_s, recast_delta), (once_s, once_delta) = results["recast"][i], results["cast once"][i]
+        same = set(recast_delta) == set(once_delta) and all(torch.equal(recast_delta[n], once_delta[n])
+                                                            for n in recast_delta)
+        flops = frontier_stage_flops(target, tokenised, k, config, carried_from=stages[i - 1] if i else None).total
+        print(f"{k:<7}{recast_s:>10.1f}{once_s:>13.1f}{once_s / recast_s:>15.2f}{flops / once_s / 1e9:>14.0f}  {same}")
+    total_recast = sum(t for t, _ in results["recast"])
+    total_once = sum(t for t, _ in results["cast once"])
+    print(f"all stages: recast {total_recast:.1f} s, cast once {total_once:.1f} s, once / recast "
+          f"{total_once / total_recast:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--random", action="store_true")
@@ -366,6 +426,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compare-precision", action="store_true", help="fp32 against auto on the standard run")
     parser.add_argument("--compare-replay", action="store_true", help="plain against replayed frontier stages")
+    parser.add_argument("--compare-frozen-cast", action="store_true",
+                        help="frozen blocks cast once per stage against autocast's cast at every forward (auto)")
     parser.add_argument("--eval-limit", type=int, default=0, help="precision: MMLU items per subject (0: no evaluation)")
     parser.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=True,
                         help="precision: the run's fidelity stage (as pkt transfer: on)")
@@ -391,6 +453,9 @@ def main() -> None:
         return
     if args.compare_replay:
         compare_replay(args)
+        return
+    if args.compare_frozen_cast:
+        compare_frozen_cast(args)
         return
     if args.compare_precision:
         compare_precision(args)
