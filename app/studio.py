@@ -134,6 +134,7 @@ def _figure_builders() -> dict:
         "per_subject_bars": benchmarks_page.per_subject_bars,
         "paired_items": benchmarks_page.paired_items,
         "letter_distribution_bars": benchmarks_page.letter_distribution_bars,
+        "calibrated_accuracy": benchmarks_page.calibrated_accuracy,
         "continuous_measures": benchmarks_page.continuous_measures,
         "items_by_gold_change": benchmarks_page.items_by_gold_change,
     }

@@ -13,29 +13,16 @@ that disappears here was the target's letter prior moving; one that stays is in 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from pkt_core.evaluation.diagnostics import batch_calibrated_predictions
+from pkt_core.figures.benchmarks_page import calibrated_item_scores
 from pkt_core.evaluation.metrics import bootstrap_interval, mcnemar_exact_p
 from pkt_core.runs.reader import RunReadError, open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "mmlu"
-
-
-def calibrated_scores(items) -> tuple[dict[str, float], dict[str, float]]:
-    """Per item: raw letter score and batch-calibrated score (1 right, 0 wrong)."""
-    details = [json.loads(d) if isinstance(d, str) else d for d in items["details"]]
-    loglikelihoods = np.array([d["loglikelihoods"] for d in details], dtype=np.float64)
-    letters = [chr(ord("A") + i) for i in range(loglikelihoods.shape[1])]
-    gold = np.array([letters.index(t) for t in items["target"]])
-    calibrated = batch_calibrated_predictions(loglikelihoods) == gold
-    ids = list(items["item_id"])
-    raw = dict(zip(ids, (loglikelihoods.argmax(axis=1) == gold).astype(float)))
-    return raw, dict(zip(ids, calibrated.astype(float)))
 
 
 def row(folder: Path) -> str | None:
@@ -46,8 +33,8 @@ def row(folder: Path) -> str | None:
     roles = run.evaluated_tasks().get(TASK, [])
     if not {"target_before", "target_after", "source"} <= set(roles):
         return None
-    scores = {role: calibrated_scores(run.evaluation_items(TASK, role)) for role in ("target_before", "target_after",
-                                                                                     "source")}
+    scores = {role: calibrated_item_scores(run.evaluation_items(TASK, role)) for role in ("target_before",
+                                                                                          "target_after", "source")}
     (raw_before, cal_before), (raw_after, cal_after), (_, cal_source) = (scores[r] for r in (
         "target_before", "target_after", "source"))
     ids = sorted(set(cal_before) & set(cal_after))

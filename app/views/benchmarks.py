@@ -101,6 +101,14 @@ if task in CHOICE_TASKS:
         studio.show_figure(letters, "benchmarks-letters", height=340, notes=False)
         st.caption("A model that answers one letter for most items scores the share of that letter among the gold "
                    "answers: a change of its accuracy can be its letter prior moving, not knowledge.")
+        calibrated = studio.cached_spec("calibrated_accuracy", folder, key)
+        if not calibrated.empty:
+            st.dataframe(calibrated, hide_index=True, key="benchmarks_calibrated",
+                         column_config={name: st.column_config.NumberColumn(name, format="%.3f")
+                                        for name in ("letter accuracy", "calibrated accuracy")})
+            st.caption("Calibrated accuracy: each model's own letter prior removed without labels (Batch "
+                       "Calibration, Zhou et al. 2024: its mean option probability over these items divided out). "
+                       "A gain that vanishes here was the prior moving; one that stays is in the answers' content.")
 
 if task == "mmlu":
     st.subheader("Per subject")

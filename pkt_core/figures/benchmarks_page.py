@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pkt_core.evaluation.specs import EvalSpecError, described_identity, formulation_title, task_of_key
@@ -202,6 +203,58 @@ def letter_distribution_bars(run: Run, task: str) -> FigureSpec:
     return FigureSpec(f"{task}-answer-format", "bars", f"{task}: predicted options per model vs the gold answers",
                       pd.DataFrame(rows), caption, {"x": "option", "y": "count", "series": "model",
                                                     "x_label": "option", "y_label": "items"}, notes)
+
+
+def calibrated_item_scores(items: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]] | None:
+    """Per item of a letter evaluation: the raw letter score and the batch-calibrated one (1 right,
+    0 wrong; :func:`pkt_core.evaluation.diagnostics.batch_calibrated_predictions`), from the stored
+    option log-likelihoods; None when the items are not plain letter items (cloze, CircularEval, or
+    written without log-likelihoods)."""
+    import json
+
+    from pkt_core.evaluation.diagnostics import batch_calibrated_predictions
+
+    details = [json.loads(d) if isinstance(d, str) else d for d in items["details"]] if "details" in items else []
+    if not details or any(not isinstance(d, dict) or "-mc-" not in str(d.get("formulation", ""))
+                          or "circular" in str(d.get("formulation", "")) or not d.get("loglikelihoods")
+                          for d in details):
+        return None
+    loglikelihoods = np.array([d["loglikelihoods"] for d in details], dtype=np.float64)
+    letters = [chr(ord("A") + i) for i in range(loglikelihoods.shape[1])]
+    if loglikelihoods.ndim != 2 or any(t not in letters for t in items["target"]):
+        return None
+    gold = np.array([letters.index(t) for t in items["target"]])
+    ids = list(items["item_id"])
+    raw = (loglikelihoods.argmax(axis=1) == gold).astype(float)
+    calibrated = (batch_calibrated_predictions(loglikelihoods) == gold).astype(float)
+    return dict(zip(ids, raw)), dict(zip(ids, calibrated))
+
+
+def calibrated_accuracy(run: Run, task: str) -> pd.DataFrame:
+    """Letter accuracy with each model's own letter prior removed (label-free), per model, and the
+    paired change of the target; empty unless ``task`` is a plain letter evaluation."""
+    from pkt_core.evaluation.metrics import bootstrap_interval
+
+    scores = {}
+    for role in ("source", "target_before", "target_after"):
+        if role in run.evaluated_tasks().get(task, []):
+            found = calibrated_item_scores(run.evaluation_items(task, role))
+            if found is None:
+                return pd.DataFrame()
+            scores[role] = found
+    rows = []
+    for role, (raw, calibrated) in scores.items():
+        interval = bootstrap_interval(list(calibrated.values()))
+        rows.append({"model": role, "letter accuracy": float(np.mean(list(raw.values()))),
+                     "calibrated accuracy": interval.mean, "95% interval": f"[{interval.low:.3f}, {interval.high:.3f}]"})
+    if {"target_before", "target_after"} <= set(scores):
+        before, after = scores["target_before"][1], scores["target_after"][1]
+        ids = sorted(set(before) & set(after))
+        change = bootstrap_interval([after[i] - before[i] for i in ids])
+        raw_change = float(np.mean([scores["target_after"][0][i] - scores["target_before"][0][i] for i in ids]))
+        rows.append({"model": "after - before (paired)", "letter accuracy": raw_change,
+                     "calibrated accuracy": change.mean, "95% interval": f"[{change.low:+.3f}, {change.high:+.3f}]"})
+    return pd.DataFrame(rows)
 
 
 # -- continuous, paired measures --------------------------------------------------------------

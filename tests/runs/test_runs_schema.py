@@ -245,3 +245,28 @@ def test_the_answer_format_panel_counts_the_stored_predictions(full_run):
     assert gold == {"A": 3, "B": 3, "C": 3, "D": 3}
     before_note = next(n for n in spec.notes if n.startswith("target before"))
     assert "dominated by one option: B for 12 of 12 items" in before_note
+
+
+@pytest.mark.parametrize("folder", _shipped_runs(), ids=lambda p: p.name)
+def test_the_calibrated_accuracy_of_every_shipped_letter_evaluation_matches_a_float64_reference(folder):
+    """Batch Calibration recomputed here from items.parquet: log-softmax over the options, the
+    mean option probability over the items as the prior, argmax of log p - log prior."""
+    from pkt_core.figures.benchmarks_page import calibrated_accuracy
+
+    run = open_run(folder)
+    if "mmlu" not in run.evaluated_tasks():
+        pytest.skip("no MMLU letter evaluation")
+    table = calibrated_accuracy(run, "mmlu").set_index("model")
+    reference = {}
+    for role in ("source", "target_before", "target_after"):
+        items = pq.read_table(folder / "evaluation" / "mmlu" / role / "items.parquet").to_pandas().set_index("item_id")
+        ll = np.array([json.loads(d)["loglikelihoods"] if isinstance(d, str) else d["loglikelihoods"]
+                       for d in items["details"]], dtype=np.float64)
+        logp = ll - np.log(np.exp(ll - ll.max(1, keepdims=True)).sum(1, keepdims=True)) - ll.max(1, keepdims=True)
+        prior = np.exp(logp).mean(0)
+        right = pd.Series((logp - np.log(prior)).argmax(1) == np.array(["ABCD".index(t) for t in items["target"]]),
+                          index=items.index, dtype=float)
+        reference[role] = right
+        assert table.loc[role, "calibrated accuracy"] == pytest.approx(right.mean(), abs=1e-12)
+    paired = reference["target_after"] - reference["target_before"].loc[reference["target_after"].index]
+    assert table.loc["after - before (paired)", "calibrated accuracy"] == pytest.approx(paired.mean(), abs=1e-12)
