@@ -170,9 +170,22 @@ def ids_digest(ids: list[str]) -> str:
 
 
 def split_record(task: str, evaluated: ItemSubset, source: str = "offline") -> dict:
-    """What a run stores about its splits: the evaluated ids and the alignment pool's ids."""
+    """What a run stores about its splits: rule, count and digest of the evaluated ids and of the
+    alignment pool's (the pool follows from its rule; listing its 1,816 MMLU ids in every summary
+    took 61 KB of each)."""
     pool = alignment_pool(task, source)
     return {
         "evaluation": {"rule": evaluated.rule, "count": len(evaluated.items), "ids_digest": ids_digest(evaluated.ids)},
-        "alignment_pool": {"rule": pool.rule, "count": len(pool.items), "ids": pool.ids},
+        "alignment_pool": {"rule": pool.rule, "count": len(pool.items), "ids_digest": ids_digest(pool.ids)},
     }
+
+
+def compact_split_record(splits: dict) -> dict:
+    """A split record as :func:`split_record` writes it now: an id list stored by summaries written
+    before becomes its digest (same ids, same digest); anything else is kept as it is."""
+    compacted = {}
+    for name, part in splits.items():
+        if isinstance(part, dict) and isinstance(part.get("ids"), list):
+            part = {key: value for key, value in part.items() if key != "ids"} | {"ids_digest": ids_digest(part["ids"])}
+        compacted[name] = part
+    return compacted

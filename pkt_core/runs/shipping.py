@@ -12,6 +12,7 @@ the command that recreates the run in full.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from pkt_core.atomic_files import replace_directory
+from pkt_core.atomic_files import replace_directory, write_json_atomic
+from pkt_core.evaluation.splits import compact_split_record
 from pkt_core.runs.reader import RunReadError, open_run
 from pkt_core.runs.shared_tensors import prune_shared, referenced_digests, share_tensors
 from pkt_core.runs.writer import write_validated_manifest
@@ -63,6 +65,7 @@ def ship_run(run_folder: Path, destination_root: Path, reproduce_command: str,
     for name in halved:
         tensors = load_file(staging / name)
         save_file({key: value.to(torch.float16) for key, value in tensors.items()}, staging / name)
+    compact_summaries(staging)
     shared = share_tensors(staging)
     manifest.shipped = ShippedRecord(left_out=left_out, stored_float16=halved, reproduce=reproduce_command,
                                      shared_parts=shared)
@@ -72,9 +75,33 @@ def ship_run(run_folder: Path, destination_root: Path, reproduce_command: str,
     return destination
 
 
+def _summaries(folder: Path) -> list[Path]:
+    return sorted(Path(folder).glob("evaluation/*/*/summary.json"))
+
+
+def _summary_needs_compacting(path: Path) -> bool:
+    splits = json.loads(path.read_text(encoding="utf-8")).get("splits")
+    return isinstance(splits, dict) and compact_split_record(splits) != splits
+
+
+def compact_summaries(folder: Path) -> int:
+    """Rewrite the evaluation summaries of ``folder`` the way the evaluator writes them now (an
+    alignment pool's id list becomes its digest); returns how many changed. Nothing else changes."""
+    changed = 0
+    for path in _summaries(folder):
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        splits = payload.get("splits")
+        if isinstance(splits, dict) and compact_split_record(splits) != splits:
+            payload["splits"] = compact_split_record(splits)
+            write_json_atomic(path, payload)
+            changed += 1
+    return changed
+
+
 def share_shipped(root: Path) -> list[Path]:
-    """Move the tensors the shipped runs under ``root`` hold alike into ``root/_shared`` (runs
-    shipped before parts were shared); each run is rewritten in a staging copy and swapped in whole."""
+    """Bring runs shipped earlier under ``root`` to today's shipping: the tensors they hold alike
+    moved into ``root/_shared``, their summaries compacted. Each run is rewritten in a staging copy
+    and swapped in whole."""
     changed = []
     for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
         try:
@@ -82,13 +109,19 @@ def share_shipped(root: Path) -> list[Path]:
         except RunReadError:
             continue
         shipped = run.manifest.shipped
-        if shipped is None or shipped.shared_parts:
+        if shipped is None:
+            continue
+        to_share = not shipped.shared_parts
+        to_compact = any(_summary_needs_compacting(path) for path in _summaries(folder))
+        if not (to_share or to_compact):
             continue
         staging = Path(root) / f".{folder.name}.sharing"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(folder, staging)
+        compact_summaries(staging)
         manifest = run.manifest.model_copy(deep=True)
-        manifest.shipped = shipped.model_copy(update={"shared_parts": share_tensors(staging)})
+        if to_share:
+            manifest.shipped = shipped.model_copy(update={"shared_parts": share_tensors(staging)})
         write_validated_manifest(staging, manifest)
         replace_directory(staging, folder)
         changed.append(folder)

@@ -9,7 +9,9 @@ from pkt_core.evaluation.splits import (
     SplitError,
     alignment_items,
     alignment_pool,
+    compact_split_record,
     evaluation_items,
+    ids_digest,
     limit_subset,
     split_record,
 )
@@ -59,7 +61,11 @@ def test_reserved_slices_are_the_last_test_items_and_recorded():
     assert evaluation_items("mbpp").ids == [str(i) for i in range(11, 383)]
     assert len(evaluation_items("humaneval").items) == 164  # nothing of HumanEval is held back
     record = split_record("gsm8k", evaluation_items("gsm8k"))
-    assert record["alignment_pool"]["ids"] == gsm8k_pool.ids
+    assert record["alignment_pool"]["ids_digest"] == ids_digest(gsm8k_pool.ids)
+    assert record["alignment_pool"]["count"] == len(gsm8k_pool.ids) and "ids" not in record["alignment_pool"]
+    # A summary written with the id list compacts to exactly what is written now.
+    old = {**record, "alignment_pool": {"rule": gsm8k_pool.rule, "count": len(gsm8k_pool.ids), "ids": gsm8k_pool.ids}}
+    assert compact_split_record(old) == record and compact_split_record(record) == record
     assert record["evaluation"]["count"] == 1119
 
 

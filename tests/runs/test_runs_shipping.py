@@ -163,3 +163,23 @@ def test_a_run_evaluated_on_several_tasks_costs_once_in_table_1():
     assert _cost_cell([{**row, "task": "mmlu"}, {**row, "task": "mmlu-rc"}]) == "mmlu: 1,476 s, 18.1 GiB, bf16 autocast"
     assert _cost_cell([row, other]) == "mmlu: 1,476 s, 18.1 GiB, bf16 autocast; humaneval: 30 s, 1.0 GiB, fp32"
     assert _cost_cell([{**row, "peak_rss_mib": None}]) == "-"
+
+
+def test_shipping_stores_an_alignment_pools_ids_as_their_digest_and_keeps_the_rest(tmp_path):
+    from pkt_core.evaluation.splits import alignment_pool, ids_digest, split_record
+    from pkt_core.evaluation.splits import evaluation_items as evaluated
+
+    run, _ = write_full_run(tmp_path / "runs" / "r5")
+    pool = alignment_pool("mmlu")
+    now = split_record("mmlu", evaluated("mmlu"))
+    summary = run / "evaluation" / "mmlu" / "source" / "summary.json"
+    raw = json.loads(summary.read_text())
+    # As the evaluator wrote summaries before: the pool's 1,816 ids listed.
+    raw["splits"] = {**now, "alignment_pool": {"rule": pool.rule, "count": len(pool.ids), "ids": pool.ids}}
+    summary.write_text(json.dumps(raw))
+    shipped = ship_run(run, tmp_path / "cached_runs", "cmd")
+    stored = json.loads((shipped / "evaluation" / "mmlu" / "source" / "summary.json").read_text())
+    assert stored["splits"]["alignment_pool"] == {"rule": pool.rule, "count": 1816, "ids_digest": ids_digest(pool.ids)}
+    assert stored["splits"] == now
+    assert {k: v for k, v in stored.items() if k != "splits"} == {k: v for k, v in raw.items() if k != "splits"}
+    assert read_run(shipped).complete
