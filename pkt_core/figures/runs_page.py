@@ -196,7 +196,8 @@ def runs_table(listings: list[RunListing]) -> pd.DataFrame:
             "gap_closed": closed.get("mean"),
             "shift_of": (f"{first.task} {_MEASURE_NAMES[continuous['measure']]}, 95% interval "
                          f"{shift['low']:+.3f} to {shift['high']:+.3f}" if shift.get("low") is not None else
-                         f"{first.task} {_MEASURE_NAMES[continuous['measure']]}" if continuous and shift else None),
+                         f"{first.task} {_MEASURE_NAMES[continuous['measure']]}" if continuous and shift else
+                         "none in this run's items" if first is not None else None),
             "gains": "; ".join(f"{g.label}: {interval_text(g.before)} -> {interval_text(g.after)}"
                                for g in gains) or "not evaluated",
             "wall_s": manifest.wall_seconds,
