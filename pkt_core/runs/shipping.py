@@ -382,8 +382,10 @@ def _cost_cell(rows) -> str:
 def _seed_spread_cell(rows: list[dict | None]) -> str:
     """The seeds' changes side by side, their mean and range: the spread a method's row must clear."""
     done = [r for r in rows if r is not None and r["after"] is not None]
+    if not done:
+        return "not run"
     if len(done) < 2:
-        return "fewer than two seeds"
+        return "one seed only"
     changes = [r["after"]["mean"] - r["before"]["mean"] for r in done]
     text = (f"change {' / '.join(f'{c:+.3f}' for c in changes)}: mean {sum(changes) / len(changes):+.3f}, "
             f"range {max(changes) - min(changes):.3f}")
