@@ -315,17 +315,15 @@ def compare_precision(args) -> None:
         print("\n".join(_agreement_lines(runs)))
 
 
-def compare_replay(args) -> None:
-    """Plain against replayed frontier stages on the same supervision, in this process."""
+def _stage_bench_setup(args, default_precision: str):
+    """What the in-process stage benchmarks share: the models, the stages, the MMLU alignment
+    samples, the config, one supervision for those stages and the target's untouched weights."""
     from pkt_core.cli.arguments import parse_layer_list
     from pkt_core.transfer.alignment_data import tokenise_samples
     from pkt_core.transfer.config import TransferConfig
-    from pkt_core.transfer.frontier import train_stage
-    from pkt_core.transfer.frontier_replay import FrontierReplay
-    from pkt_core.transfer.stage_flops import frontier_stage_flops
     from pkt_core.transfer.task_samples import load_alignment_and_probes
 
-    source, target, label = _models(args, args.precision or "fp32")
+    source, target, label = _models(args, args.precision or default_precision)
     stages = sorted(parse_layer_list(args.stages) or range(target.adapter.num_layers))
     samples, _, _ = load_alignment_and_probes("mmlu", None, args.samples, 0, seed=0)
     tokenised = tokenise_samples(target.tokenizer, samples, args.max_tokens)
@@ -334,6 +332,16 @@ def compare_replay(args) -> None:
     supervision = _stage_supervision(source, target, tokenised, stages, config, args.batch_size)
     del source
     untouched = {name: tensor.clone() for name, tensor in target.model.state_dict().items()}
+    return target, label, stages, tokenised, config, supervision, untouched
+
+
+def compare_replay(args) -> None:
+    """Plain against replayed frontier stages on the same supervision, in this process."""
+    from pkt_core.transfer.frontier import train_stage
+    from pkt_core.transfer.frontier_replay import FrontierReplay
+    from pkt_core.transfer.stage_flops import frontier_stage_flops
+
+    target, label, stages, tokenised, config, supervision, untouched = _stage_bench_setup(args, "fp32")
     results: dict[str, list[tuple[float, dict]]] = {}
     for mode in ("plain", "replay"):
         target.model.load_state_dict(untouched)
@@ -366,22 +374,10 @@ def compare_frozen_cast(args) -> None:
     import contextlib
 
     import pkt_core.transfer.frontier as frontier
-    from pkt_core.cli.arguments import parse_layer_list
-    from pkt_core.transfer.alignment_data import tokenise_samples
-    from pkt_core.transfer.config import TransferConfig
     from pkt_core.transfer.frontier_replay import FrontierReplay
     from pkt_core.transfer.stage_flops import frontier_stage_flops
-    from pkt_core.transfer.task_samples import load_alignment_and_probes
 
-    source, target, label = _models(args, args.precision or "auto")
-    stages = sorted(parse_layer_list(args.stages) or range(target.adapter.num_layers))
-    samples, _, _ = load_alignment_and_probes("mmlu", None, args.samples, 0, seed=0)
-    tokenised = tokenise_samples(target.tokenizer, samples, args.max_tokens)
-    config = TransferConfig(source="s", target="t", variant=args.variant, task="mmlu", steps_per_stage=args.steps,
-                            batch_size=args.batch_size, align_samples=args.samples)
-    supervision = _stage_supervision(source, target, tokenised, stages, config, args.batch_size)
-    del source
-    untouched = {name: tensor.clone() for name, tensor in target.model.state_dict().items()}
+    target, label, stages, tokenised, config, supervision, untouched = _stage_bench_setup(args, "auto")
     cast_once = frontier.frozen_linears_in_compute_dtype
     results: dict[str, list[tuple[float, dict]]] = {}
     for mode in ("recast", "cast once"):
