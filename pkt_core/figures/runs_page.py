@@ -142,10 +142,41 @@ def hardware_text(manifest: RunManifest) -> str:
     return f"CPU ({cpu}{hardware.cpu_count} cores)" if hardware.cpu_count else "-"
 
 
+def continuous_measure(task: str) -> str:
+    """The continuous measure a task's cell reports: the probability mass on the gold option for
+    choice tasks (bounded, so its mean is not dominated by a few hopeless items), else the gold
+    answer's log-probability (a code task's canonical solution, teacher-forced)."""
+    from pkt_core.evaluation.specs import EvalSpecError, task_of_key
+    from pkt_core.evaluation.tasks import CHOICE_TASKS
+
+    try:
+        task = task_of_key(task)
+    except EvalSpecError:  # a hand-made key of no known task: read as its own name
+        pass
+    return "gold_prob" if task in CHOICE_TASKS else "gold_logprob"
+
+
+def continuous_record(run, key: str) -> dict | None:
+    """Paired per item, from the run's item tables: the continuous measure's after - before and
+    source - before with bootstrap intervals, and the share of the gap closed; None for a run whose
+    items hold no such measure (scored before the measure existed)."""
+    from pkt_core.evaluation.continuous import paired_measures
+
+    roles = run.evaluated_tasks().get(key, [])
+    if "target_before" not in roles:
+        return None
+    tables = {role: run.evaluation_items(key, role) for role in ("target_before", "target_after", "source")
+              if role in roles}
+    measure = continuous_measure(key)
+    paired = paired_measures(tables["target_before"], tables.get("target_after"), tables.get("source"), (measure,))
+    if measure not in paired:
+        return None
+    return {"measure": measure, **paired[measure]}
+
+
 @lru_cache(maxsize=256)
 def _continuous(folder: str, key: str, stamp: int) -> dict | None:
     from pkt_core.runs.reader import RunReadError, open_run
-    from pkt_core.runs.shipping import continuous_record
 
     try:
         return continuous_record(open_run(folder), key)

@@ -157,7 +157,7 @@ def _interval(value: dict | None) -> str:
 
 def results_rows(root: Path) -> list[dict]:
     """One row per (complete run under ``root``, evaluated task), read from the manifests only."""
-    from pkt_core.figures.runs_page import run_gains
+    from pkt_core.figures.runs_page import continuous_record, run_gains
 
     rows = []
     for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
@@ -196,38 +196,6 @@ def results_rows(root: Path) -> list[dict]:
                 "seed": int(manifest.config.get("seed") or 0),
             })
     return rows
-
-
-def continuous_measure(task: str) -> str:
-    """The continuous measure a task's cell reports: the probability mass on the gold option for
-    choice tasks (bounded, so its mean is not dominated by a few hopeless items), else the gold
-    answer's log-probability (a code task's canonical solution, teacher-forced)."""
-    from pkt_core.evaluation.specs import EvalSpecError, task_of_key
-    from pkt_core.evaluation.tasks import CHOICE_TASKS
-
-    try:
-        task = task_of_key(task)
-    except EvalSpecError:  # a hand-made key of no known task: read as its own name
-        pass
-    return "gold_prob" if task in CHOICE_TASKS else "gold_logprob"
-
-
-def continuous_record(run, key: str) -> dict | None:
-    """Paired per item, from the run's item tables: the continuous measure's after - before and
-    source - before with bootstrap intervals, and the share of the gap closed; None for a run whose
-    items hold no such measure (scored before the measure existed)."""
-    from pkt_core.evaluation.continuous import paired_measures
-
-    roles = run.evaluated_tasks().get(key, [])
-    if "target_before" not in roles:
-        return None
-    tables = {role: run.evaluation_items(key, role) for role in ("target_before", "target_after", "source")
-              if role in roles}
-    measure = continuous_measure(key)
-    paired = paired_measures(tables["target_before"], tables.get("target_after"), tables.get("source"), (measure,))
-    if measure not in paired:
-        return None
-    return {"measure": measure, **paired[measure]}
 
 
 def _signed_interval(value: dict | None, digits: int = 3) -> str:
