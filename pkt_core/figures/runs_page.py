@@ -126,7 +126,7 @@ def gain_lines(manifest: RunManifest) -> list[str]:
     return lines or ["not evaluated: no before/after behaviour to show"]
 
 
-_MEASURE_NAMES = {"gold_prob": "gold-option mass", "gold_logprob": "gold log-prob"}
+MEASURE_NAMES = {"gold_prob": "gold-option mass", "gold_logprob": "gold log-prob"}
 
 
 def _peak(manifest: RunManifest, key: str) -> float | None:
@@ -225,9 +225,9 @@ def runs_table(listings: list[RunListing]) -> pd.DataFrame:
             # The continuous measure beside the accuracy: a letter prior moving changes the one, not the other.
             "shift": shift.get("mean"),
             "gap_closed": closed.get("mean"),
-            "shift_of": (f"{first.task} {_MEASURE_NAMES[continuous['measure']]}, 95% interval "
+            "shift_of": (f"{first.task} {MEASURE_NAMES[continuous['measure']]}, 95% interval "
                          f"{shift['low']:+.3f} to {shift['high']:+.3f}" if shift.get("low") is not None else
-                         f"{first.task} {_MEASURE_NAMES[continuous['measure']]}" if continuous and shift else
+                         f"{first.task} {MEASURE_NAMES[continuous['measure']]}" if continuous and shift else
                          "none in this run's items" if first is not None else None),
             "gains": "; ".join(f"{g.label}: {interval_text(g.before)} -> {interval_text(g.after)}"
                                for g in gains) or "not evaluated",

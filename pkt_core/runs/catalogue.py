@@ -208,11 +208,11 @@ def _check_safetensors_header(path: Path, name: str) -> None:
 
 def list_runs(roots: list[Path]) -> list[RunListing]:
     listings = []
+    from pkt_core.runs.shared_tensors import SHARED_FOLDER
+
     for root in roots:
         if not root.is_dir():
             continue
-        from pkt_core.runs.shared_tensors import SHARED_FOLDER
-
         # _shared/ holds the tensors shipped runs share, not a run.
         for folder in sorted(p for p in root.iterdir()
                              if p.is_dir() and not p.name.startswith(".") and p.name != SHARED_FOLDER):

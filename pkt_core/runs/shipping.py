@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from pkt_core.atomic_files import replace_directory, write_json_atomic
 from pkt_core.evaluation.splits import compact_split_record
+from pkt_core.figures.runs_page import MEASURE_NAMES as MEASURE_TITLES
 from pkt_core.runs.reader import RunReadError, open_run
 from pkt_core.runs.shared_tensors import prune_shared, referenced_digests, share_tensors
 from pkt_core.runs.writer import write_validated_manifest
@@ -206,7 +207,6 @@ def _signed_interval(value: dict | None, digits: int = 3) -> str:
     return f"{value['mean']:+.{digits}f} ({value['low']:+.{digits}f} to {value['high']:+.{digits}f})"
 
 
-MEASURE_TITLES = {"gold_prob": "gold-option mass", "gold_logprob": "gold log-prob"}
 
 
 def continuous_cell(record: dict | None) -> str:
