@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pkt_core.evaluation.records import write_items, write_summary
+from pkt_core.evaluation.records import read_items, read_summary, write_items, write_summary
 from pkt_core.runs.schema import (
     COMPARISON_FILE,
     EVALUATION_FOLDER,
@@ -169,3 +169,34 @@ def write_full_run(folder: Path, seed: int = 0, method: str = "semalign",
                                        and "checkpoints" not in p.parts)
     writer.write_manifest()
     return writer.finish(), written
+
+
+def as_first_edition_items(folder: Path, rng: np.random.Generator) -> dict:
+    """Rewrite the run's items as the first edition wrote them: per-option log-likelihoods, no gold columns."""
+    stored = {}
+    for role in ("source", "target_before", "target_after"):
+        role_folder = folder / "evaluation" / "mmlu" / role
+        rows = read_items(role_folder).to_dict("records")
+        for row in rows:
+            row["formulation"] = None
+            lls = rng.normal(-2.0, 1.0, 4)
+            row["prediction"] = "ABCD"[int(np.argmax(lls))]
+            row["score"] = float(row["prediction"] == row["target"])
+            row["details"] = {"loglikelihoods": lls.tolist()}
+            row["gold_logprob"] = row["gold_prob"] = None
+            stored[(role, row["item_id"])] = (lls, "ABCD".index(row["target"]))
+        write_items(role_folder, rows)
+        summary = read_summary(role_folder)
+        summary["variant"] = {"name": "harness-0shot"}
+        for name in ("gold_logprob", "gold_prob"):
+            summary["metrics"].pop(name, None)
+        write_summary(role_folder, summary)
+    return stored
+
+
+def evaluation_folder(run_folder: Path, task: str, role: str) -> Path:
+    """Where a run's evaluation of one role is: in the run, or (a shipped run's source and untouched
+    target) in the shipped folder's ``_shared/``, as the reader resolves it."""
+    from pkt_core.runs.reader import open_run
+
+    return open_run(run_folder).evaluation_folder(task, role)

@@ -121,7 +121,8 @@ def _read_partial(folder: Path) -> RunListing:
 
 def _broken_artefact(folder: Path, manifest: RunManifest) -> str | None:
     """The first listed artefact that is missing or damaged, described; None when all are intact."""
-    from pkt_core.runs.shared_tensors import SHARED_FOLDER, shared_part_path
+    from pkt_core.runs.shared_folders import resolve_shared_path
+    from pkt_core.runs.shared_tensors import SHARED_FOLDER, SharedPartError, shared_part_path
 
     shared = manifest.shipped.shared_parts if manifest.shipped else {}
     for name, digests in shared.items():
@@ -134,8 +135,12 @@ def _broken_artefact(folder: Path, manifest: RunManifest) -> str | None:
             problem = _artefact_problem(part, f"{SHARED_FOLDER}/{part.name}", stat.st_mtime_ns, stat.st_size)
             if problem:
                 return problem
+    shared_folders = manifest.shipped.shared_folders if manifest.shipped else {}
     for name in manifest.artefacts:
-        path = folder / name
+        try:
+            path = resolve_shared_path(folder, shared_folders, name) or folder / name
+        except SharedPartError as error:
+            return f"{name}: {error}"
         if not path.is_file():
             left_out = manifest.shipped.left_out if manifest.shipped else []
             if name in left_out or name in shared:

@@ -74,6 +74,11 @@ def backfill_run(folder: Path) -> dict:
             if "gold_prob" in items.columns and items["gold_prob"].notna().all():
                 continue
             where = f"{run.run_id} evaluation/{key}/{role}"
+            shipped = run.manifest.shipped
+            if shipped is not None and f"evaluation/{key}/{role}" in shipped.shared_folders:
+                # Other shipped runs read the same shared copy: amending it here would change theirs.
+                raise GoldBackfillError(f"{where} is stored in _shared/ for several shipped runs; backfill the "
+                                        "unshipped run folder and ship it again")
             role_folder = run.evaluation_folder(key, role)
             summary = read_summary(role_folder)
             variant = (summary.get("variant") or {}).get("name")

@@ -68,14 +68,30 @@ class Run:
     def run_id(self) -> str:
         return self.manifest.run_id
 
+    def _path(self, name: str) -> Path:
+        """Where the run's file or folder ``name`` is: in the run, or in a folder it shares with
+        other shipped runs (checked against its digest first)."""
+        from pkt_core.runs.shared_folders import resolve_shared_path
+        from pkt_core.runs.shared_tensors import SharedPartError
+
+        shipped = self.manifest.shipped
+        if shipped is not None and shipped.shared_folders:
+            try:
+                shared = resolve_shared_path(self.folder, shipped.shared_folders, name)
+            except SharedPartError as error:
+                raise RunReadError(f"run {self.run_id}: {name}: {error}") from None
+            if shared is not None:
+                return shared
+        return self.folder / name
+
     def _file(self, name: str) -> Path:
-        path = self.folder / name
+        path = self._path(name)
         if not path.is_file():
             raise RunReadError(f"run {self.run_id} has no {name}")
         return path
 
     def has(self, name: str) -> bool:
-        return (self.folder / name).is_file() or bool(self._shared_digests(name))
+        return self._path(name).is_file() or bool(self._shared_digests(name))
 
     def _shared_digests(self, name: str) -> list[str]:
         """The parts of ``name`` a shipped run keeps in the shipped folder's ``_shared/``."""
@@ -130,16 +146,20 @@ class Run:
     def evaluated_tasks(self) -> dict[str, list[str]]:
         """task -> roles with a stored evaluation (``evaluation/<task>/<role>/summary.json``)."""
         root = self.folder / EVALUATION_FOLDER
+        tasks = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+        shipped = self.manifest.shipped
+        # A shipped run's source and untouched-target folders may live in _shared/.
+        tasks |= {Path(name).parent.name for name in (shipped.shared_folders if shipped else {})}
         found: dict[str, list[str]] = {}
-        if root.is_dir():
-            for task_folder in sorted(p for p in root.iterdir() if p.is_dir()):
-                roles = [role for role in ROLES if (task_folder / role / SUMMARY_FILE).is_file()]
-                if roles:
-                    found[task_folder.name] = roles
+        for task in sorted(tasks):
+            roles = [role for role in ROLES if self.has(evaluation_path(task, role, SUMMARY_FILE))]
+            if roles:
+                found[task] = roles
         return found
 
     def evaluation_folder(self, task: str, role: str) -> Path:
-        return self.folder / EVALUATION_FOLDER / task / role
+        """The folder of one evaluation (its own, or the shared copy a shipped run names)."""
+        return self._path(f"{EVALUATION_FOLDER}/{task}/{role}")
 
     def evaluation_summary(self, task: str, role: str) -> EvaluationSummary:
         return self._record(EvaluationSummary, evaluation_path(task, role, SUMMARY_FILE))

@@ -238,6 +238,10 @@ class ShippedRecord(Record):
     # (pkt_core.runs.shared_tensors); the run's own file, if any, holds the rest.
     shared_parts: dict[str, list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]]] = Field(
         default_factory=dict)
+    # folder in the run (evaluation/<task>/<role>) -> SHA-256 digest of the whole folder stored once
+    # as _shared/<digest>/ (pkt_core.runs.shared_folders).
+    shared_folders: dict[Annotated[str, StringConstraints(pattern=r"^evaluation/[^/]+/[^/]+$")],
+                         Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=dict)
 
 
 class AlignmentLevel(Record):

@@ -109,9 +109,10 @@ def load_shared_part(run_folder: Path, digest: str) -> dict[str, torch.Tensor]:
 
 
 def referenced_digests(manifests) -> set[str]:
-    """Every digest the given manifests' ``shipped.shared_parts`` name."""
-    return {digest for manifest in manifests if manifest.shipped is not None
-            for digests in manifest.shipped.shared_parts.values() for digest in digests}
+    """Every digest the given manifests' ``shipped.shared_parts`` and ``shipped.shared_folders`` name."""
+    shipped = [manifest.shipped for manifest in manifests if manifest.shipped is not None]
+    return ({digest for record in shipped for digests in record.shared_parts.values() for digest in digests}
+            | {digest for record in shipped for digest in record.shared_folders.values()})
 
 
 def prune_shared(root: Path, keep: set[str]) -> list[Path]:

@@ -5,8 +5,9 @@ stays. The cross-model map (``d_tgt x d_src``, 5.5 MB in float32 for the Qwen pa
 float16: the app only projects with it, and float16's relative error (5e-4) is far below what a
 2-D projection can show. When the folder's size budget is tight, a run may also be shipped
 without the artefacts only the Projections page reads (``leave_out``); the other pages need none
-of them. The tensors runs of one pair hold alike move to the folder's ``_shared/``, stored once
-(:mod:`pkt_core.runs.shared_tensors`). The manifest says what was left out, rounded or shared and
+of them. The tensors and the source and untouched-target evaluation folders runs of one pair
+hold alike move to the folder's ``_shared/``, stored once (:mod:`pkt_core.runs.shared_tensors`,
+:mod:`pkt_core.runs.shared_folders`). The manifest says what was left out, rounded or shared and
 the command that recreates the run in full.
 """
 
@@ -24,6 +25,7 @@ from pkt_core.atomic_files import replace_directory, write_json_atomic
 from pkt_core.evaluation.splits import compact_split_record
 from pkt_core.figures.runs_page import MEASURE_NAMES as MEASURE_TITLES
 from pkt_core.runs.reader import RunReadError, open_run
+from pkt_core.runs.shared_folders import prune_shared_folders, share_folders, shareable_folders
 from pkt_core.runs.shared_tensors import prune_shared, referenced_digests, share_tensors
 from pkt_core.runs.writer import write_validated_manifest
 from pkt_core.runs.schema import (
@@ -69,7 +71,7 @@ def ship_run(run_folder: Path, destination_root: Path, reproduce_command: str,
     compact_summaries(staging)
     shared = share_tensors(staging)
     manifest.shipped = ShippedRecord(left_out=left_out, stored_float16=halved, reproduce=reproduce_command,
-                                     shared_parts=shared)
+                                     shared_parts=shared, shared_folders=share_folders(staging))
     write_validated_manifest(staging, manifest)
     replace_directory(staging, destination)
     prune_unreferenced(destination_root)
@@ -100,8 +102,9 @@ def compact_summaries(folder: Path) -> int:
 
 
 def share_shipped(root: Path) -> list[Path]:
-    """Bring runs shipped earlier under ``root`` to today's shipping: the tensors they hold alike
-    moved into ``root/_shared``, their summaries compacted. Each run is rewritten in a staging copy
+    """Bring runs shipped earlier under ``root`` to today's shipping: the tensors and the source and
+    untouched-target evaluation folders they hold alike moved into ``root/_shared``, their summaries
+    compacted. Each run is rewritten in a staging copy
     and swapped in whole."""
     changed = []
     for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
@@ -113,8 +116,9 @@ def share_shipped(root: Path) -> list[Path]:
         if shipped is None:
             continue
         to_share = not shipped.shared_parts
+        to_share_folders = bool(shareable_folders(folder))
         to_compact = any(_summary_needs_compacting(path) for path in _summaries(folder))
-        if not (to_share or to_compact):
+        if not (to_share or to_share_folders or to_compact):
             continue
         staging = Path(root) / f".{folder.name}.sharing"
         shutil.rmtree(staging, ignore_errors=True)
@@ -122,7 +126,10 @@ def share_shipped(root: Path) -> list[Path]:
         compact_summaries(staging)
         manifest = run.manifest.model_copy(deep=True)
         if to_share:
-            manifest.shipped = shipped.model_copy(update={"shared_parts": share_tensors(staging)})
+            manifest.shipped = manifest.shipped.model_copy(update={"shared_parts": share_tensors(staging)})
+        if to_share_folders:
+            folders = {**manifest.shipped.shared_folders, **share_folders(staging)}
+            manifest.shipped = manifest.shipped.model_copy(update={"shared_folders": folders})
         write_validated_manifest(staging, manifest)
         replace_directory(staging, folder)
         changed.append(folder)
@@ -139,7 +146,8 @@ def prune_unreferenced(root: Path) -> list[Path]:
         except RunReadError:
             # A damaged run may still name parts: keep everything rather than delete what it needs.
             return []
-    return prune_shared(root, referenced_digests(manifests))
+    keep = referenced_digests(manifests)
+    return prune_shared(root, keep) + prune_shared_folders(root, keep)
 
 
 # -- the table of shipped runs ----------------------------------------------------------------
@@ -425,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
     readme = commands.add_parser("readme", help="rewrite the generated section of <root>/README.md")
     readme.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
-    share = commands.add_parser("share", help="store the tensors shipped runs hold alike once, in <root>/_shared")
+    share = commands.add_parser("share", help="store the tensors and evaluation folders shipped runs hold alike once, "
+                                                   "in <root>/_shared")
     share.add_argument("root", type=Path, nargs="?", default=Path("cached_runs"))
     args = parser.parse_args(argv)
     if args.command == "ship":

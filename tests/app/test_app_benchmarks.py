@@ -9,16 +9,17 @@ import pytest
 pytest.importorskip("streamlit")
 
 from app_fixtures import chart, decode, edit_manifest, remove_artefacts, texts  # noqa: E402
+from run_builders import evaluation_folder
 
 ROLES = ("source", "target_before", "target_after")
 
 
 def _summary(run, role):
-    return json.loads((run / "evaluation" / "mmlu" / role / "summary.json").read_text())
+    return json.loads((evaluation_folder(run, "mmlu", role) / "summary.json").read_text())
 
 
 def _scores(run, role):
-    table = pq.read_table(run / "evaluation" / "mmlu" / role / "items.parquet").to_pydict()
+    table = pq.read_table(evaluation_folder(run, "mmlu", role) / "items.parquet").to_pydict()
     return dict(zip(table["item_id"], table["score"]))
 
 
@@ -78,7 +79,7 @@ def test_paired_items_show_which_items_flipped(app_test, app_run):
                                       "prediction_target_after", "outcome_target_after"}
     at.radio(key="benchmarks_flip").set_value("all").run()
     item = at.selectbox(key="benchmarks_item").value
-    items = pq.read_table(app_run / "evaluation" / "mmlu" / "target_after" / "items.parquet").to_pandas()
+    items = pq.read_table(evaluation_folder(app_run, "mmlu", "target_after") / "items.parquet").to_pandas()
     row = items[items["item_id"] == item].iloc[0]
     shown = texts(at)
     assert f"**Gold:** `{row['target']}`" in shown
@@ -111,7 +112,7 @@ def test_continuous_measures_are_the_paired_means_of_the_stored_items(app_test, 
     from pkt_core.figures.benchmarks_page import continuous_measures
     from pkt_core.runs.reader import open_run
 
-    items = {role: pq.read_table(app_run / "evaluation" / "mmlu" / role / "items.parquet").to_pandas()
+    items = {role: pq.read_table(evaluation_folder(app_run, "mmlu", role) / "items.parquet").to_pandas()
              .set_index("item_id")["gold_logprob"].astype(float) for role in ("source", "target_before", "target_after")}
     common = items["target_before"].index
     b, a, s = (items[r].loc[common].to_numpy() for r in ("target_before", "target_after", "source"))
@@ -143,7 +144,7 @@ def _open(run, page="views/benchmarks.py"):
 
 
 def _items(run, key, role):
-    return pq.read_table(run / "evaluation" / key / role / "items.parquet").to_pandas()
+    return pq.read_table(evaluation_folder(run, key, role) / "items.parquet").to_pandas()
 
 
 def test_a_formulation_picker_offers_each_evaluation_of_the_task_first_one_first(formulations_run):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from app_fixtures import APP
+from run_builders import evaluation_folder
 
 CHROMIUM = "/usr/bin/chromium"
 SHIPPED = Path(__file__).resolve().parents[2] / "cached_runs"
@@ -130,7 +131,7 @@ def test_the_runs_page_on_the_shipped_runs_shows_the_gain_the_items_give(shipped
         pytest.skip("cached_runs/ holds no run")
     opened = max((l for l in shipped if l.manifest.method == "semalign"), key=lambda l: l.manifest.created_at)
     task = next(iter(opened.manifest.evaluation))
-    means = {role: float(np.mean(pq.read_table(opened.path / "evaluation" / task / role / "items.parquet")
+    means = {role: float(np.mean(pq.read_table(evaluation_folder(opened.path, task, role) / "items.parquet")
                                  .column("score").to_pylist())) for role in ("target_before", "target_after")}
     expected = f"(gain {means['target_after'] - means['target_before']:+.3f})"
     with sync_playwright() as playwright:

@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
+from run_builders import evaluation_folder
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 
@@ -90,6 +91,6 @@ def test_a_code_item_shows_its_tests_as_the_gold_not_as_an_answer(monkeypatch):
     texts = [m.value for m in app.markdown]
     assert any(t.startswith("**Tests**") for t in texts) and not any(t.startswith("**Gold:**") for t in texts)
     shown_item = app.selectbox(key="benchmarks_item").value
-    items = pd.read_parquet(folder / "evaluation" / "humaneval" / "target_before" / "items.parquet")
+    items = pd.read_parquet(evaluation_folder(folder, "humaneval", "target_before") / "items.parquet")
     tests = items.set_index("item_id").loc[shown_item, "target"]
     assert tests.strip() in [block.value.strip() for block in app.code]

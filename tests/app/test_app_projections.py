@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("streamlit")
 
 from app_fixtures import chart, decode  # noqa: E402
+from run_builders import evaluation_folder
 
 
 def _points(at):
@@ -81,7 +82,7 @@ def test_colour_by_correctness_uses_the_evaluated_outcomes_of_the_probe_items(ap
     figure = chart(at, "projection")
     manifest = json.loads((app_run / "manifest.json").read_text())
     probes = manifest["data"]["probe_ids"]
-    items = pq.read_table(app_run / "evaluation" / "mmlu" / "target_after" / "items.parquet").to_pydict()
+    items = pq.read_table(evaluation_folder(app_run, "mmlu", "target_after") / "items.parquet").to_pydict()
     score = dict(zip(items["item_id"], items["score"]))
     assert all(p in score for p in probes)  # MMLU probes are evaluation items of the run
     expected_correct = sum(score[p] == 1.0 for p in probes)
@@ -142,7 +143,7 @@ def test_selected_points_list_their_probe_items_with_gold_and_each_models_outcom
     assert list(rows["probe_id"]) == list(chosen["probe_id"])
     table = selected_items(run, list(rows["probe_id"])).set_index("probe_id")
     for role in ("source", "target_before", "target_after"):
-        items = pq.read_table(app_run / "evaluation" / "mmlu" / role / "items.parquet").to_pandas().set_index("item_id")
+        items = pq.read_table(evaluation_folder(app_run, "mmlu", role) / "items.parquet").to_pandas().set_index("item_id")
         for probe in table.index:
             if probe in items.index:
                 assert table.at[probe, f"{role} answer"] == items.at[probe, "prediction"]
@@ -157,7 +158,7 @@ def test_selected_items_keep_the_first_evaluations_answers_when_a_task_was_score
     from pkt_core.figures.projections import selected_items
     from pkt_core.runs.reader import open_run
 
-    letters = {role: pq.read_table(formulations_run / "evaluation" / "mmlu" / role / "items.parquet").to_pandas()
+    letters = {role: pq.read_table(evaluation_folder(formulations_run, "mmlu", role) / "items.parquet").to_pandas()
                .set_index("item_id") for role in ("source", "target_before", "target_after")}
     wanted = list(letters["target_before"].index[:5])
     table = selected_items(open_run(formulations_run), wanted + ["not-an-item"]).set_index("probe_id")

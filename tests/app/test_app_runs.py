@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("streamlit")
 
 from app_fixtures import chart, copy_run, decode, edit_manifest, remove_artefacts, texts  # noqa: E402
+from run_builders import evaluation_folder
 
 TABLE_COLUMNS = {"runs_table": "gains", "broken_runs": "problem", "compare_table": ""}
 
@@ -28,7 +29,7 @@ def test_runs_table_shows_the_run_with_gains_read_from_its_evaluations(app_test,
     assert (row["method"], row["variant"], row["task"], row["status"]) == ("semalign", "v1", "mmlu", "complete")
     assert row["pair"] == "tiny-source -> tiny-target"
     # Independent reference: mean item scores of the target after and before, from the Parquet files.
-    scores = {role: pq.read_table(app_run / "evaluation" / "mmlu" / role / "items.parquet").column("score").to_pylist()
+    scores = {role: pq.read_table(evaluation_folder(app_run, "mmlu", role) / "items.parquet").column("score").to_pylist()
               for role in ("target_before", "target_after")}
     expected = sum(scores["target_after"]) / len(scores["target_after"]) - \
         sum(scores["target_before"]) / len(scores["target_before"])

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from run_builders import write_full_run
+from run_builders import as_first_edition_items as _as_old_run, write_full_run
 from scipy.special import log_softmax
 
 from pkt_core.evaluation.records import read_summary, write_items, write_summary
@@ -16,28 +16,6 @@ from pkt_core.runs.reader import open_run
 
 LETTERS = "ABCD"
 
-
-def _as_old_run(folder, rng: np.random.Generator) -> dict:
-    """Rewrite the run's items as the first edition wrote them: per-option log-likelihoods, no gold columns."""
-    stored = {}
-    for role in ("source", "target_before", "target_after"):
-        role_folder = folder / "evaluation" / "mmlu" / role
-        rows = pd.read_parquet(role_folder / "items.parquet").to_dict("records")
-        for row in rows:
-            row["formulation"] = None
-            lls = rng.normal(-2.0, 1.0, 4)
-            row["prediction"] = LETTERS[int(np.argmax(lls))]
-            row["score"] = float(row["prediction"] == row["target"])
-            row["details"] = {"loglikelihoods": lls.tolist()}
-            row["gold_logprob"] = row["gold_prob"] = None
-            stored[(role, row["item_id"])] = (lls, LETTERS.index(row["target"]))
-        write_items(role_folder, rows)
-        summary = read_summary(role_folder)
-        summary["variant"] = {"name": "harness-0shot"}
-        for name in ("gold_logprob", "gold_prob"):
-            summary["metrics"].pop(name, None)
-        write_summary(role_folder, summary)
-    return stored
 
 
 def test_gold_measures_are_the_log_softmax_of_the_stored_option_likelihoods(tmp_path):

@@ -88,15 +88,21 @@ def test_runs_shipped_before_parts_were_shared_are_converted_in_place_with_the_s
         path = folder / name
         merged = open_run(folder).tensors(name)
         save_file(merged, str(path))
+    for relative in open_run(folder).manifest.shipped.shared_folders:  # the evaluations too
+        shutil.copytree(open_run(folder).evaluation_folder(*relative.split("/")[1:]), folder / relative)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["shipped"].pop("shared_parts")
+    manifest["shipped"].pop("shared_folders")
     (folder / "manifest.json").write_text(json.dumps(manifest))
     old = {name: open_run(folder).tensors(name) for name in (PROBES, CROSS)}
-    for part in (root / SHARED_FOLDER).glob("*"):
-        part.unlink()
+    old_items = open_run(folder).evaluation_items("mmlu", "source")
+    shutil.rmtree(root / SHARED_FOLDER)
     assert main(["share", str(root)]) == 0 and str(folder) in capsys.readouterr().out
     run = open_run(folder)
     assert set(run.manifest.shipped.shared_parts) == {PROBES, CROSS}
+    assert set(run.manifest.shipped.shared_folders) == {"evaluation/mmlu/source", "evaluation/mmlu/target_before"}
+    assert not (folder / "evaluation/mmlu/source").exists()
+    assert run.evaluation_items("mmlu", "source").equals(old_items)
     for name, tensors in old.items():
         read = run.tensors(name)
         assert read.keys() == tensors.keys() and all(torch.equal(read[k], tensors[k]) for k in tensors)

@@ -13,18 +13,25 @@ def _files(folder) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
+# The source and untouched-target evaluations move to the shared folder (test_runs_shared_folders.py).
+SHARED_EVALUATIONS = {f"evaluation/mmlu/{role}/{file}" for role in ("source", "target_before")
+                      for file in ("summary.json", "items.parquet")}
+
+
 def test_shipped_run_keeps_everything_but_the_delta(tmp_path):
     run, _ = write_full_run(tmp_path / "runs" / "r1")
     shipped = ship_run(run, tmp_path / "cached_runs", "pkt transfer --pair p --task mmlu")
     # The map is wholly in the shared parts beside the run (test_runs_shared_tensors.py); it still reads.
-    assert _files(shipped) == _files(run) - {"target_delta.safetensors", "cross_map.safetensors"}
+    assert _files(shipped) == _files(run) - {"target_delta.safetensors", "cross_map.safetensors"} - SHARED_EVALUATIONS
     assert read_run(shipped).complete, read_run(shipped).problem
     manifest = open_run(shipped).manifest
     shared = manifest.shipped.shared_parts
     assert manifest.shipped.model_dump() == {"left_out": ["target_delta.safetensors"],
                                              "stored_float16": ["cross_map.safetensors"],
                                              "reproduce": "pkt transfer --pair p --task mmlu",
-                                             "shared_parts": shared}
+                                             "shared_parts": shared,
+                                             "shared_folders": manifest.shipped.shared_folders}
+    assert set(manifest.shipped.shared_folders) == {"evaluation/mmlu/source", "evaluation/mmlu/target_before"}
     assert set(shared) == {"probe_activations.safetensors", "cross_map.safetensors"}
     assert open_run(shipped).has("cross_map.safetensors")
     assert manifest.weights_delta.file is None
@@ -38,7 +45,7 @@ def test_a_run_can_be_shipped_without_what_only_the_projections_read(tmp_path):
           "--leave-out", "probe_activations.safetensors", "--leave-out", "cross_map.safetensors"])
     shipped = tmp_path / "cached_runs" / "r3"
     assert _files(shipped) == _files(run) - {"target_delta.safetensors", "probe_activations.safetensors",
-                                             "cross_map.safetensors"}
+                                             "cross_map.safetensors"} - SHARED_EVALUATIONS
     manifest = open_run(shipped).manifest
     assert manifest.shipped.left_out == ["target_delta.safetensors", "probe_activations.safetensors",
                                          "cross_map.safetensors"]
@@ -178,7 +185,7 @@ def test_shipping_stores_an_alignment_pools_ids_as_their_digest_and_keeps_the_re
     raw["splits"] = {**now, "alignment_pool": {"rule": pool.rule, "count": len(pool.ids), "ids": pool.ids}}
     summary.write_text(json.dumps(raw))
     shipped = ship_run(run, tmp_path / "cached_runs", "cmd")
-    stored = json.loads((shipped / "evaluation" / "mmlu" / "source" / "summary.json").read_text())
+    stored = json.loads((open_run(shipped).evaluation_folder("mmlu", "source") / "summary.json").read_text())
     assert stored["splits"]["alignment_pool"] == {"rule": pool.rule, "count": 1816, "ids_digest": ids_digest(pool.ids)}
     assert stored["splits"] == now
     assert {k: v for k, v in stored.items() if k != "splits"} == {k: v for k, v in raw.items() if k != "splits"}
