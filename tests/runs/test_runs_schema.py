@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from run_builders import ITEM_IDS, N_SOURCE, N_TARGET, base_manifest, write_full_run
+from run_builders import ITEM_IDS, N_SOURCE, N_TARGET, base_manifest, evaluation_folder, write_full_run
 
 from pkt_core.runs.catalogue import list_runs, read_run
 from pkt_core.runs.reader import RunReadError, open_run
@@ -139,12 +139,12 @@ def test_the_runs_table_gain_of_every_shipped_run_equals_its_items(folder):
     row = runs_table([read_run(folder)]).iloc[0]
     manifest = open_run(folder).manifest
     task = next(iter(manifest.evaluation))
-    means = {role: float(np.mean(pq.read_table(folder / "evaluation" / task / role / "items.parquet")
+    means = {role: float(np.mean(pq.read_table(evaluation_folder(folder, task, role) / "items.parquet")
                                  .column("score").to_pylist())) for role in ("target_before", "target_after")}
     assert row["gain"] == pytest.approx(means["target_after"] - means["target_before"], abs=1e-12)
     assert row["gains"] != "not evaluated"
     # The continuous shift: the paired mean of the gold-option mass over the same items, from the files.
-    tables = {role: pq.read_table(folder / "evaluation" / task / role / "items.parquet").to_pandas().set_index("item_id")
+    tables = {role: pq.read_table(evaluation_folder(folder, task, role) / "items.parquet").to_pandas().set_index("item_id")
               for role in ("target_before", "target_after")}
     if "gold_prob" in tables["target_before"] and tables["target_before"]["gold_prob"].notna().all():
         paired = tables["target_after"]["gold_prob"] - tables["target_before"]["gold_prob"].loc[tables["target_after"].index]
@@ -237,7 +237,7 @@ def test_the_answer_format_panel_counts_the_stored_predictions(full_run):
     run = open_run(folder)
     spec = letter_distribution_bars(run, "mmlu")
     for role in ("source", "target_before", "target_after"):
-        items = pq.read_table(folder / "evaluation" / "mmlu" / role / "items.parquet").to_pandas()
+        items = pq.read_table(evaluation_folder(folder, "mmlu", role) / "items.parquet").to_pandas()
         expected = Counter(items["prediction"])
         drawn = spec.data[spec.data["model"] == role].set_index("option")["count"]
         assert {k: v for k, v in drawn.items() if v} == dict(expected)
@@ -259,7 +259,7 @@ def test_the_calibrated_accuracy_of_every_shipped_letter_evaluation_matches_a_fl
     table = calibrated_accuracy(run, "mmlu").set_index("model")
     reference = {}
     for role in ("source", "target_before", "target_after"):
-        items = pq.read_table(folder / "evaluation" / "mmlu" / role / "items.parquet").to_pandas().set_index("item_id")
+        items = pq.read_table(evaluation_folder(folder, "mmlu", role) / "items.parquet").to_pandas().set_index("item_id")
         ll = np.array([json.loads(d)["loglikelihoods"] if isinstance(d, str) else d["loglikelihoods"]
                        for d in items["details"]], dtype=np.float64)
         logp = ll - np.log(np.exp(ll - ll.max(1, keepdims=True)).sum(1, keepdims=True)) - ll.max(1, keepdims=True)
