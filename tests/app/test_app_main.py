@@ -74,19 +74,21 @@ def test_every_page_shows_every_shipped_run_without_an_error(monkeypatch, folder
     assert not app.error, [error.value for error in app.error]
 
 
-def test_a_code_item_shows_its_tests_as_the_gold_not_as_an_answer(monkeypatch):
-    """On a shipped HumanEval run the paired item view names the test program for what it is."""
+def test_a_code_item_shows_its_tests_as_the_gold_not_as_an_answer(isolated_pkt_home, tmp_path):
+    """On a HumanEval run (the real pipeline on a tiny pair: two items generated, run in the sandbox
+    and scored for the three models) the paired item view names the test program for what it is."""
     import pandas as pd
+    from app_fixtures import make_formulations_run
 
-    folders = [f for f in _shipped_folders() if "humaneval" in f.name]
-    if not folders:
-        pytest.skip("no shipped HumanEval run")
-    folder = folders[0]
-    monkeypatch.setenv("PKT_CACHED_RUNS", str(SHIPPED))
+    (isolated_pkt_home / "runs").mkdir(parents=True, exist_ok=True)
+    folder = make_formulations_run(isolated_pkt_home / "runs" / "tiny-humaneval", tmp_path / "models",
+                                   specs=("humaneval@2",))
     app = AppTest.from_file(APP, default_timeout=180)
     app.session_state["current_run"] = str(folder)
     app.run()
     app.switch_page("views/benchmarks.py").run()
+    assert not app.exception
+    app.radio(key="benchmarks_flip").set_value("all").run()  # a tiny model gains no item: list them all
     assert not app.exception
     texts = [m.value for m in app.markdown]
     assert any(t.startswith("**Tests**") for t in texts) and not any(t.startswith("**Gold:**") for t in texts)
