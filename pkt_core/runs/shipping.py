@@ -104,8 +104,7 @@ def compact_summaries(folder: Path) -> int:
 def share_shipped(root: Path) -> list[Path]:
     """Bring runs shipped earlier under ``root`` to today's shipping: the tensors and the source and
     untouched-target evaluation folders they hold alike moved into ``root/_shared``, their summaries
-    compacted. Each run is rewritten in a staging copy
-    and swapped in whole."""
+    compacted. Each run is rewritten in a staging copy and swapped in whole."""
     changed = []
     for folder in sorted(p for p in Path(root).iterdir() if (p / "manifest.json").is_file()):
         try:
